@@ -1,0 +1,118 @@
+"""VRAM Dashboard: create_app() wires the parts; `python app.py` runs the server."""
+if __name__ == "__main__":
+    # Must run before Flask, requests or anything that imports socket/ssl/threading: otherwise
+    # HTTPS requests recurse and green threads block each other.
+    import warnings
+
+    # eventlet warns on import that it is in maintenance mode; the README says so once instead.
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    import eventlet
+
+    eventlet.monkey_patch()
+
+import logging
+import signal
+import sys
+
+from flask import Flask
+from flask_socketio import SocketIO
+
+import auth
+import concurrency
+import dashboard
+import health
+import ollama_client
+import ollama_client.proxy
+import vram.routes
+from auth.sessions import InMemorySessionStore
+from config import Config, ConfigError, load_config
+from errors import register_error_handlers
+from security import register_security
+from services import Services
+from sockets import SocketHub
+from sockets.handlers import origin_checker
+from vram.nvml import NvmlReader
+from vram.poller import VramPoller
+
+log = logging.getLogger("vram_dashboard")
+
+
+def create_app(config: Config | None = None, *, nvml_reader=None, session_store=None) -> Flask:
+    """Create and configure an instance of the Flask application."""
+    if config is None:
+        config = load_config()
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_api_body_bytes
+    app.json.sort_keys = False
+
+    socketio = SocketIO(app, async_mode=concurrency.ASYNC_MODE,
+                        cors_allowed_origins=origin_checker(config.cors_allowed_origins),
+                        logger=False, engineio_logger=False)
+    sessions = session_store or InMemorySessionStore(config.session_expiry_s)
+    reader = nvml_reader or NvmlReader()
+    services = Services(config=config, sessions=sessions, socketio=socketio, nvml=reader, poller=None)
+    hub = SocketHub(socketio, sessions, lambda: services.poller.latest)
+    services.hub = hub
+    services.poller = VramPoller(reader, config.vram_poll_interval_s,
+                                 publish=lambda polled: hub.broadcast("vram_update", polled.body),
+                                 on_tick=services.expire_sessions)
+    services.session_ended_listeners.append(hub.disconnect_token)
+    app.extensions["dashboard"] = services
+
+    register_error_handlers(app)
+    register_security(app, config)
+    auth.protect_api(app)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(vram.routes.bp)
+    app.register_blueprint(health.bp)
+    ollama_client.init_app(app, services)
+    ollama_client.proxy.init_app(app, services)
+    dashboard.init_app(app, services)
+    auth.init_limiter(app)
+    return app
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main() -> int:
+    """Validate the configuration, then serve until SIGTERM or Ctrl-C."""
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"configuration error: {problem}", file=sys.stderr)
+        return 2
+    _configure_logging(config.log_level)
+    app = create_app(config)
+    services: Services = app.extensions["dashboard"]
+    socketio: SocketIO = services.socketio
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    services.poller.tick()  # a first reading before the port opens, so /api/vram/status has one
+    services.start_background_tasks()
+    log.info("serving on http://%s:%d (Ollama at %s)", config.host, config.port, config.ollama_host)
+    try:
+        socketio.run(app, host=config.host, port=config.port, debug=False, use_reloader=False,
+                     log_output=config.log_level == "DEBUG",
+                     # Flush streamed output at once (eventlet otherwise holds back 4 KiB), and
+                     # lift eventlet's default cap of 1,024 concurrent connections.
+                     minimum_chunk_size=1, max_size=config.max_connections)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s (set DASHBOARD_HOST / DASHBOARD_PORT)",
+                  config.host, config.port, exc.strerror or exc)
+        services.shutdown()
+        return 1
+    log.info("shutting down")
+    services.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

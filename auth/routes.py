@@ -1,0 +1,75 @@
+"""POST /api/auth/login, POST /api/auth/logout, GET /api/auth/me."""
+from __future__ import annotations
+
+import hmac
+import logging
+
+import bcrypt
+from flask import Blueprint, Flask, current_app, jsonify
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+
+from auth.credentials import current_session
+from concurrency import run_in_thread
+from errors import UnauthorizedError
+from jsonbody import read_json_object, require_string
+
+log = logging.getLogger(__name__)
+bp = Blueprint("auth", __name__, url_prefix="/api/auth")
+INVALID_LOGIN = "invalid username or password"
+
+
+def init_limiter(app: Flask) -> Limiter:
+    """Throttle logins: N failures per window from one client address, then 429 with Retry-After."""
+    config = app.extensions["dashboard"].config
+    limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", strategy="moving-window",
+                      headers_enabled=True, default_limits=[])
+    limit = f"{config.login_max_failures} per {config.login_window_s} seconds"
+    # Only failed attempts count, so a user who logs in correctly is never locked out by it.
+    app.view_functions["auth.login"] = limiter.limit(
+        limit, deduct_when=lambda response: response.status_code == 401)(app.view_functions["auth.login"])
+    return limiter
+
+
+def _password_matches(password: str, hashed: bytes) -> bool:
+    try:
+        return bcrypt.checkpw(password.encode("utf-8", "surrogatepass"), hashed)
+    except ValueError:
+        # bcrypt 5 raises on passwords over 72 bytes; they can never match a valid password.
+        return False
+
+
+@bp.post("/login")
+def login():
+    body = read_json_object()
+    username = require_string(body, "username", max_length=1024, allow_empty=True)
+    password = require_string(body, "password", max_length=4096, allow_empty=True)
+    services = current_app.extensions["dashboard"]
+    config = services.config
+    # Always run bcrypt (in a real thread: ~250 ms at cost 12 would stall every connection),
+    # so a wrong user name takes as long as a wrong password.
+    password_ok = run_in_thread(_password_matches, password, config.auth_password_hash)
+    user_ok = hmac.compare_digest(username.encode("utf-8", "surrogatepass"),
+                                  config.auth_username.encode("utf-8"))
+    if not (password_ok and user_ok):
+        log.info("failed login attempt")
+        raise UnauthorizedError(INVALID_LOGIN)
+    session = services.sessions.create(config.auth_username)
+    log.info("user %s logged in", session.username)
+    return jsonify(token=session.token, token_type="bearer", expires_at=session.expires_at_iso(),
+                   username=session.username)
+
+
+@bp.post("/logout")
+def logout():
+    session = current_session()
+    services = current_app.extensions["dashboard"]
+    services.sessions.revoke(session.token)
+    services.notify_session_ended(session.token)
+    return jsonify(success=True)
+
+
+@bp.get("/me")
+def me():
+    session = current_session()
+    return jsonify(username=session.username, expires_at=session.expires_at_iso())

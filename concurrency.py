@@ -1,0 +1,44 @@
+"""The async specifics (eventlet) behind one small seam: spawn, sleep, run in a real thread.
+
+Moving to gevent or threading mode later is a change here and in ASYNC_MODE only.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, TypeVar
+
+import eventlet
+import eventlet.tpool
+from eventlet.semaphore import Semaphore
+
+ASYNC_MODE = "eventlet"
+T = TypeVar("T")
+
+# time.sleep is green after monkey_patch(); this one blocks the OS thread, like a C call does.
+blocking_sleep = eventlet.patcher.original("time").sleep
+Lock = Semaphore
+
+
+def spawn(fn: Callable[..., Any], *args: Any, **kwargs: Any):
+    """Start fn in a green thread; return a handle with kill() and wait()."""
+    return eventlet.spawn(fn, *args, **kwargs)
+
+
+def sleep(seconds: float) -> None:
+    """Yield to other green threads for `seconds`."""
+    eventlet.sleep(seconds)
+
+
+def run_in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking call (a C library, bcrypt) in a real OS thread without stalling the hub."""
+    return eventlet.tpool.execute(fn, *args, **kwargs)
+
+
+def monotonic() -> float:
+    return time.monotonic()
+
+
+def kill(handle) -> None:
+    """Stop a green thread started by spawn()."""
+    if handle is not None:
+        handle.kill()

@@ -1,0 +1,35 @@
+"""Reading JSON request bodies: one object, typed fields, 400s that name the field."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+
+from errors import BadRequestError
+
+
+def read_json_object() -> dict[str, Any]:
+    """Return the request body as a JSON object, or raise a 400 that says what is wrong."""
+    if not request.is_json:
+        raise BadRequestError("request body must be JSON (Content-Type: application/json)")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise BadRequestError("request body is not valid JSON")
+    if not isinstance(body, dict):
+        raise BadRequestError("request body must be a JSON object")
+    return body
+
+
+def require_string(body: dict[str, Any], name: str, *, max_length: int = 1024,
+                   allow_empty: bool = False) -> str:
+    """Return body[name] if it is a string of acceptable length, else raise a 400 naming it."""
+    if name not in body or body[name] is None:
+        raise BadRequestError(f"missing field: {name}")
+    value = body[name]
+    if not isinstance(value, str):
+        raise BadRequestError(f"field {name} must be a string")
+    if not allow_empty and value == "":
+        raise BadRequestError(f"field {name} must not be empty")
+    if len(value) > max_length:
+        raise BadRequestError(f"field {name} is too long (at most {max_length} characters)")
+    return value

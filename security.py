@@ -1,0 +1,34 @@
+"""Security headers on every response; CORS for the configured origins only."""
+from __future__ import annotations
+
+from flask import Flask, request
+from flask_cors import CORS
+
+from config import Config
+
+
+def register_security(app: Flask, config: Config) -> None:
+    """Add the contract's headers to every response and allow CORS only where configured."""
+    if config.cors_allowed_origins:
+        CORS(app, resources={r"/api/*": {"origins": list(config.cors_allowed_origins)},
+                             r"/ollama/*": {"origins": list(config.cors_allowed_origins)},
+                             r"/health": {"origins": list(config.cors_allowed_origins)}},
+             allow_headers=["Authorization", "Content-Type"], supports_credentials=False, max_age=600)
+
+    @app.after_request
+    def add_headers(response):
+        headers = response.headers
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Referrer-Policy", "no-referrer")
+        if response.mimetype == "text/html":
+            host = request.host
+            headers.setdefault(
+                "Content-Security-Policy",
+                f"default-src 'self'; connect-src 'self' ws://{host} wss://{host}; img-src 'self' data:; "
+                "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
+                "form-action 'self'; frame-ancestors 'none'")
+            headers.setdefault("X-Frame-Options", "DENY")
+        if request.path.startswith("/api/"):
+            # API answers are per-user and may carry a token: never cache them.
+            headers["Cache-Control"] = "no-store"
+        return response

@@ -1,0 +1,98 @@
+"""Fixtures: app -> client -> auth, as in flaskr; fakes sit at the system boundary."""
+pytest_plugins = ["tests.fakes.fake_nvml.fixtures", "tests.fakes.fake_ollama_fixtures"]
+import eventlet
+
+# As in `python app.py`: patch before Flask, requests or the fakes import socket/threading.
+eventlet.monkey_patch()
+
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+from auth.sessions import InMemorySessionStore  # noqa: E402
+from config import Config, hash_password  # noqa: E402
+
+USERNAME = "admin"
+PASSWORD = "correct-horse-battery"
+_PASSWORD_HASH = hash_password(PASSWORD, rounds=4)  # cost 4: fast tests, same code path
+
+
+def make_config(tmp_path, **overrides) -> Config:
+    """Return a valid Config for tests; keyword arguments override fields."""
+    values = dict(auth_username=USERNAME, auth_password_hash=_PASSWORD_HASH, data_dir=tmp_path / "data",
+                  ollama_host="http://127.0.0.1:9", vram_poll_interval_s=2.0)
+    values.update(overrides)
+    return Config(**values)
+
+
+class Clock:
+    """A clock tests move by hand instead of sleeping."""
+
+    def __init__(self, now: float | None = None):
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def config_overrides():
+    """Override in a test module (or with @pytest.mark.parametrize(indirect=True)) to change the config."""
+    return {}
+
+
+@pytest.fixture
+def config(tmp_path, config_overrides):
+    return make_config(tmp_path, **config_overrides)
+
+
+@pytest.fixture
+def app(config, clock, nvml_reader):
+    from app import create_app
+
+    app = create_app(config, nvml_reader=nvml_reader,
+                     session_store=InMemorySessionStore(config.session_expiry_s, clock=clock))
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["dashboard"].shutdown()
+
+
+@pytest.fixture
+def services(app):
+    return app.extensions["dashboard"]
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+class AuthActions:
+    """Log in through the real route and build Authorization headers."""
+
+    def __init__(self, client):
+        self._client = client
+        self.token = None
+
+    def login(self, username=USERNAME, password=PASSWORD):
+        return self._client.post("/api/auth/login", json={"username": username, "password": password})
+
+    def headers(self) -> dict:
+        if self.token is None:
+            response = self.login()
+            assert response.status_code == 200, response.get_json()
+            self.token = response.get_json()["token"]
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def auth(client):
+    return AuthActions(client)

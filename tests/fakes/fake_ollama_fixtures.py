@@ -1,0 +1,1 @@
+"""PLACEHOLDER: fixtures for the fake Ollama (owned by the Ollama engineer)."""

@@ -1,0 +1,118 @@
+"""Run `python app.py` as a user would, as a subprocess on a free loopback port."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+USERNAME = "admin"
+PASSWORD = "correct-horse-battery"
+
+
+def free_port() -> int:
+    """Return a loopback port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    """A running `python app.py`; stop() sends SIGTERM and returns the exit code."""
+
+    url: str
+    port: int
+    proc: subprocess.Popen
+    log_path: Path
+    username: str = USERNAME
+    password: str = PASSWORD
+    _token: str | None = field(default=None, repr=False)
+
+    def login(self) -> str:
+        """Log in once through the real route and return the session token."""
+        if self._token is None:
+            response = requests.post(f"{self.url}/api/auth/login",
+                                     json={"username": self.username, "password": self.password}, timeout=10)
+            response.raise_for_status()
+            self._token = response.json()["token"]
+        return self._token
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.login()}"}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def server_env(tmp_path: Path, *, port: int, nvml_lib_dir: Path | None = None,
+               nvml_scenario: Path | None = None, ollama_url: str | None = None,
+               extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Build the environment of a test server: the user's variables plus the fakes' hooks."""
+    from tests.conftest import _PASSWORD_HASH
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DASHBOARD_", "OLLAMA_", "PROXY_", "VRAM_", "SESSION_", "CORS_", "FAKE_NVML"))}
+    env.update({
+        "DASHBOARD_AUTH_USERNAME": USERNAME,
+        "DASHBOARD_AUTH_PASSWORD_HASH": _PASSWORD_HASH.decode(),
+        "DASHBOARD_PORT": str(port),
+        "DASHBOARD_HOST": "127.0.0.1",
+        "DASHBOARD_DATA_DIR": str(tmp_path / "data"),
+        "OLLAMA_HOST": ollama_url or "http://127.0.0.1:9",
+        "LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+        "LD_LIBRARY_PATH": str(nvml_lib_dir) if nvml_lib_dir else "",
+    })
+    if nvml_scenario is not None:
+        env["FAKE_NVML_SCENARIO"] = str(nvml_scenario)
+    env.update(extra or {})
+    return env
+
+
+def start_server(tmp_path: Path, *, env: dict[str, str] | None = None, wait: bool = True,
+                 **env_kwargs) -> LiveServer:
+    """Start `python app.py` in tmp_path (so no developer .env is read) and wait for /health."""
+    port = int((env or {}).get("DASHBOARD_PORT") or free_port())
+    full_env = env if env is not None else server_env(tmp_path, port=port, **env_kwargs)
+    log_path = tmp_path / f"server-{port}.log"
+    log_file = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=tmp_path, env=full_env,
+                            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log_file.close()
+    server = LiveServer(url=f"http://127.0.0.1:{port}", port=port, proc=proc, log_path=log_path)
+    if wait:
+        wait_until_up(server)
+    return server
+
+
+def wait_until_up(server: LiveServer, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log()}")
+        try:
+            if requests.get(f"{server.url}/health", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"server did not answer /health within {timeout}s:\n{server.log()}")

@@ -1,0 +1,157 @@
+"""Configuration: every variable typed and validated, one line per problem, before binding."""
+import subprocess
+import sys
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from config import ConfigError, load_config, parse_keep_alive, parse_ollama_host
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = {"DASHBOARD_AUTH_USERNAME": "admin", "DASHBOARD_AUTH_PASSWORD": "correct-horse"}
+
+
+def load(tmp_path, **env):
+    values = dict(BASE, DASHBOARD_DATA_DIR=str(tmp_path / "data"))
+    values.update(env)
+    return load_config({k: v for k, v in values.items() if v is not None}, dotenv_path=None, bcrypt_rounds=4)
+
+
+def test_defaults(tmp_path):
+    config = load(tmp_path)
+    assert config.auth_username == "admin"
+    assert bcrypt.checkpw(b"correct-horse", config.auth_password_hash)
+    assert (config.session_expiry_hours, config.host, config.port) == (24.0, "127.0.0.1", 5000)
+    assert config.ollama_host == "http://localhost:11434"
+    assert config.ollama_allowed_registries == ("registry.ollama.ai", "hf.co")
+    assert config.ollama_load_keep_alive == -1
+    assert config.vram_poll_interval_s == 2.0
+    assert config.proxy_auth_enabled is False and config.proxy_auth_token is None
+    assert config.max_proxy_request_size == 104857600 and config.proxy_timeout_s == 30.0
+    assert config.cors_allowed_origins == () and config.log_level == "INFO"
+    assert (tmp_path / "data").is_dir()
+
+
+def test_plain_password_is_not_kept(tmp_path):
+    config = load(tmp_path)
+    assert "correct-horse" not in repr(config)
+    assert not any(value == "correct-horse" for value in vars(config).values())
+
+
+def test_hash_instead_of_password(tmp_path):
+    hashed = bcrypt.hashpw(b"another-secret", bcrypt.gensalt(4)).decode()
+    config = load(tmp_path, DASHBOARD_AUTH_PASSWORD=None, DASHBOARD_AUTH_PASSWORD_HASH=hashed)
+    assert config.auth_password_hash == hashed.encode()
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"DASHBOARD_AUTH_USERNAME": ""}, "DASHBOARD_AUTH_USERNAME"),
+    ({"DASHBOARD_AUTH_PASSWORD": ""}, "DASHBOARD_AUTH_PASSWORD"),
+    ({"DASHBOARD_AUTH_PASSWORD": "short"}, "DASHBOARD_AUTH_PASSWORD"),
+    ({"DASHBOARD_AUTH_PASSWORD": "x" * 73}, "DASHBOARD_AUTH_PASSWORD"),
+    ({"DASHBOARD_AUTH_PASSWORD": "é" * 37}, "DASHBOARD_AUTH_PASSWORD"),
+    ({"DASHBOARD_AUTH_PASSWORD_HASH": "not-a-hash"}, "DASHBOARD_AUTH_PASSWORD_HASH"),
+    ({"SESSION_EXPIRY_HOURS": "0"}, "SESSION_EXPIRY_HOURS"),
+    ({"SESSION_EXPIRY_HOURS": "-1"}, "SESSION_EXPIRY_HOURS"),
+    ({"SESSION_EXPIRY_HOURS": "soon"}, "SESSION_EXPIRY_HOURS"),
+    ({"SESSION_EXPIRY_HOURS": "nan"}, "SESSION_EXPIRY_HOURS"),
+    ({"DASHBOARD_HOST": "not a host"}, "DASHBOARD_HOST"),
+    ({"DASHBOARD_PORT": "0"}, "DASHBOARD_PORT"),
+    ({"DASHBOARD_PORT": "70000"}, "DASHBOARD_PORT"),
+    ({"DASHBOARD_PORT": "http"}, "DASHBOARD_PORT"),
+    ({"OLLAMA_HOST": "ftp://gpu-box"}, "OLLAMA_HOST"),
+    ({"OLLAMA_HOST": "gpu-box:99999"}, "OLLAMA_HOST"),
+    ({"OLLAMA_ALLOWED_REGISTRIES": "bad registry"}, "OLLAMA_ALLOWED_REGISTRIES"),
+    ({"OLLAMA_LOAD_KEEP_ALIVE": "forever"}, "OLLAMA_LOAD_KEEP_ALIVE"),
+    ({"VRAM_POLL_INTERVAL_SECONDS": "0.05"}, "VRAM_POLL_INTERVAL_SECONDS"),
+    ({"VRAM_POLL_INTERVAL_SECONDS": "3601"}, "VRAM_POLL_INTERVAL_SECONDS"),
+    ({"PROXY_AUTH_ENABLED": "maybe"}, "PROXY_AUTH_ENABLED"),
+    ({"PROXY_AUTH_ENABLED": "true"}, "PROXY_AUTH_TOKEN"),
+    ({"PROXY_AUTH_ENABLED": "true", "PROXY_AUTH_TOKEN": "too-short"}, "PROXY_AUTH_TOKEN"),
+    ({"MAX_PROXY_REQUEST_SIZE": "-5"}, "MAX_PROXY_REQUEST_SIZE"),
+    ({"MAX_PROXY_REQUEST_SIZE": "1e6"}, "MAX_PROXY_REQUEST_SIZE"),
+    ({"PROXY_TIMEOUT_SECONDS": "0"}, "PROXY_TIMEOUT_SECONDS"),
+    ({"CORS_ALLOWED_ORIGINS": "*"}, "CORS_ALLOWED_ORIGINS"),
+    ({"CORS_ALLOWED_ORIGINS": "http://ok.lan,ftp://bad"}, "CORS_ALLOWED_ORIGINS"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+])
+def test_each_invalid_variable_is_named(tmp_path, env, variable):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, **env)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith(f"{variable}: ")
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, DASHBOARD_AUTH_USERNAME="", DASHBOARD_PORT="x", LOG_LEVEL="x")
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "DASHBOARD_AUTH_USERNAME", "DASHBOARD_PORT", "LOG_LEVEL"]
+
+
+def test_typed_values(tmp_path):
+    config = load(tmp_path, SESSION_EXPIRY_HOURS="0.5", DASHBOARD_HOST="0.0.0.0", DASHBOARD_PORT="8080",
+                  OLLAMA_HOST="gpu-box:11500", OLLAMA_ALLOWED_REGISTRIES=" registry.ollama.ai , HF.co,",
+                  OLLAMA_LOAD_KEEP_ALIVE="10m", VRAM_POLL_INTERVAL_SECONDS="0.1", PROXY_AUTH_ENABLED="TRUE",
+                  PROXY_AUTH_TOKEN="0123456789abcdef", MAX_PROXY_REQUEST_SIZE="2048",
+                  PROXY_TIMEOUT_SECONDS="2.5", CORS_ALLOWED_ORIGINS="http://a.lan:3000, https://b.lan",
+                  LOG_LEVEL="debug")
+    assert config.session_expiry_s == 1800
+    assert (config.host, config.port) == ("0.0.0.0", 8080)
+    assert config.ollama_host == "http://gpu-box:11500"
+    assert config.ollama_allowed_registries == ("registry.ollama.ai", "hf.co")
+    assert config.ollama_load_keep_alive == "10m"
+    assert config.vram_poll_interval_s == 0.1
+    assert config.proxy_auth_enabled and config.proxy_auth_token == "0123456789abcdef"
+    assert (config.max_proxy_request_size, config.proxy_timeout_s) == (2048, 2.5)
+    assert config.cors_allowed_origins == ("http://a.lan:3000", "https://b.lan")
+    assert config.log_level == "DEBUG"
+
+
+def test_dotenv_is_read_beneath_the_environment(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("DASHBOARD_AUTH_USERNAME=from-file\nDASHBOARD_AUTH_PASSWORD=file-password\n"
+                      "DASHBOARD_PORT=6000\n")
+    config = load_config({"DASHBOARD_PORT": "7000", "DASHBOARD_DATA_DIR": str(tmp_path / "d")},
+                         dotenv_path=dotenv, bcrypt_rounds=4)
+    assert config.auth_username == "from-file" and config.port == 7000
+
+
+@pytest.mark.parametrize("raw, url", [
+    ("", "http://127.0.0.1:11434"),
+    ("localhost", "http://localhost:11434"),
+    ("http://localhost:11434", "http://localhost:11434"),
+    ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+    ("0.0.0.0:11434", "http://127.0.0.1:11434"),
+    ("https://ollama.lan", "https://ollama.lan:443"),
+    ("http://gpu", "http://gpu:80"),
+    ("http://gpu:1234/prefix/", "http://gpu:1234/prefix"),
+    ("[::1]:11434", "http://[::1]:11434"),
+])
+def test_ollama_host_parsed_as_ollama_does(raw, url):
+    assert parse_ollama_host(raw) == url
+
+
+@pytest.mark.parametrize("raw, value", [("-1", -1), ("0", 0), ("300", 300), ("1.5", 1.5), ("5m", "5m"),
+                                        ("1h30m", "1h30m"), ("-1s", "-1s"), (60, 60)])
+def test_keep_alive(raw, value):
+    assert parse_keep_alive(raw) == value
+
+
+@pytest.mark.parametrize("raw", ["", "5 minutes", "m5", True, float("inf")])
+def test_keep_alive_rejects(raw):
+    with pytest.raises(ValueError):
+        parse_keep_alive(raw)
+
+
+def test_server_refuses_to_start_with_bad_config(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "DASHBOARD_AUTH_USERNAME": "admin", "DASHBOARD_AUTH_PASSWORD": "short",
+           "DASHBOARD_PORT": "not-a-port", "VRAM_POLL_INTERVAL_SECONDS": "0"}
+    result = subprocess.run([sys.executable, str(REPO / "app.py")], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(":")[1].strip() for line in lines] == [
+        "DASHBOARD_AUTH_PASSWORD", "DASHBOARD_PORT", "VRAM_POLL_INTERVAL_SECONDS"]
+    assert "Traceback" not in result.stderr + result.stdout

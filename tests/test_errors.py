@@ -1,0 +1,36 @@
+"""Every error is JSON with the right status; security headers on every response."""
+import pytest
+
+
+def test_unknown_route_is_json_404(client):
+    response = client.get("/no/such/page")
+    assert response.status_code == 404 and response.is_json
+    assert "/no/such/page" in response.get_json()["error"]
+
+
+def test_wrong_method_is_json_405(client, auth):
+    response = client.delete("/api/vram/status", headers=auth.headers())
+    assert response.status_code == 405 and response.is_json
+    assert "GET" in response.headers["Allow"]
+    assert client.get("/api/auth/login").status_code == 405
+
+
+def test_body_over_api_limit_is_json_413(client):
+    response = client.post("/api/auth/login", data=b"{" + b" " * (1024 * 1024 + 10) + b"}",
+                           content_type="application/json")
+    assert response.status_code == 413 and response.is_json
+    assert "too large" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("path", ["/health", "/api/auth/me", "/nope"])
+def test_security_headers_everywhere(client, path):
+    response = client.get(path)
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_unexpected_errors_are_json_500_without_traceback(app, client, auth):
+    headers = auth.headers()
+    app.extensions["dashboard"].poller = None  # break the app on purpose
+    response = client.get("/api/vram/status", headers=headers)
+    assert response.status_code == 500 and response.get_json() == {"error": "internal server error"}

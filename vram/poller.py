@@ -1,0 +1,110 @@
+"""The background poller: reads NVML on a fixed cadence, keeps the latest snapshot and history."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import concurrency
+from vram.snapshot import VramSnapshot
+
+log = logging.getLogger(__name__)
+HISTORY_MIN_SECONDS = 3600
+HISTORY_MAX_SAMPLES = 36_000
+
+
+@dataclass(frozen=True)
+class PolledSnapshot:
+    """A snapshot with its JSON body, serialised once per poll and shared by every request."""
+
+    snapshot: VramSnapshot
+    body: dict[str, Any]
+    json_bytes: bytes
+
+
+class VramPoller:
+    """Poll NVML every `interval_s` in a real thread, keep the latest reading, and publish it."""
+
+    def __init__(self, reader, interval_s: float,
+                 publish: Callable[[PolledSnapshot], None] | None = None,
+                 on_tick: Callable[[], None] | None = None):
+        self._reader = reader
+        self.interval_s = interval_s
+        self._publish = publish
+        self._on_tick = on_tick
+        self._lock = threading.Lock()
+        self._latest: PolledSnapshot | None = None
+        samples = max(math.ceil(HISTORY_MIN_SECONDS / interval_s) + 1, 1)
+        self._history: deque[tuple] = deque(maxlen=min(samples, HISTORY_MAX_SAMPLES))
+        self._handle = None
+        self._stopping = False
+
+    @property
+    def latest(self) -> PolledSnapshot | None:
+        with self._lock:
+            return self._latest
+
+    def tick(self) -> PolledSnapshot:
+        """Read NVML once (in an OS thread), store the result, and publish it."""
+        snapshot = concurrency.run_in_thread(self._reader.read_snapshot)
+        body = snapshot.to_dict()
+        polled = PolledSnapshot(snapshot, body, json.dumps(body, separators=(",", ":")).encode())
+        sample = (snapshot.timestamp, tuple(
+            (gpu.index, gpu.used_mb, gpu.total_mb, gpu.utilization) for gpu in snapshot.gpus))
+        with self._lock:
+            self._latest = polled
+            if snapshot.available:
+                self._history.append(sample)
+        if self._on_tick is not None:
+            self._on_tick()
+        if self._publish is not None:
+            self._publish(polled)
+        return polled
+
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Return the last `limit` samples (all by default), oldest first."""
+        with self._lock:
+            samples = list(self._history)
+        if limit is not None:
+            samples = samples[-limit:] if limit > 0 else []
+        return [
+            {"timestamp": ts, "gpus": [
+                {"index": index, "used_mb": used, "total_mb": total, "utilization": util}
+                for index, used, total, util in gpus]}
+            for ts, gpus in samples
+        ]
+
+    @property
+    def history_capacity(self) -> int:
+        return self._history.maxlen or 0
+
+    def run(self) -> None:
+        """Tick on a fixed schedule (next += interval) so the period does not drift."""
+        deadline = concurrency.monotonic()
+        while not self._stopping:
+            try:
+                self.tick()
+            except Exception:  # a poller that dies silently would freeze the dashboard
+                log.exception("VRAM poll failed; retrying at the next interval")
+            deadline += self.interval_s
+            now = concurrency.monotonic()
+            if deadline < now:
+                # We fell behind (a slow driver): skip missed slots rather than bursting.
+                deadline = now + self.interval_s - ((now - deadline) % self.interval_s)
+            concurrency.sleep(max(0.0, deadline - now))
+
+    def start(self, start_background_task: Callable[..., Any]) -> None:
+        """Start run() with the server's background-task starter (socketio.start_background_task)."""
+        if self._handle is None:
+            self._stopping = False
+            self._handle = start_background_task(self.run)
+
+    def stop(self) -> None:
+        self._stopping = True
+        handle, self._handle = self._handle, None
+        if handle is not None and hasattr(handle, "kill"):
+            handle.kill()

@@ -1,0 +1,32 @@
+"""GET /api/vram/status and GET /api/vram/history."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from errors import BadRequestError, NvmlUnavailableError
+
+bp = Blueprint("vram", __name__, url_prefix="/api/vram")
+NO_READING_YET = "no VRAM reading yet: the first NVML poll has not finished; retry in a moment"
+
+
+@bp.get("/status")
+def status():
+    polled = current_app.extensions["dashboard"].poller.latest
+    empty = {"gpu": None, "gpus": [], "processes": []}
+    if polled is None:
+        raise NvmlUnavailableError(NO_READING_YET, extra=empty, headers={"Retry-After": "1"})
+    if not polled.snapshot.available:
+        raise NvmlUnavailableError(polled.snapshot.error or "NVML unavailable", extra=empty)
+    # The body was serialised once when the poller took the reading; requests only copy bytes.
+    return Response(polled.json_bytes, mimetype="application/json")
+
+
+@bp.get("/history")
+def history():
+    raw = request.args.get("limit")
+    limit = None
+    if raw is not None:
+        if not raw.isdigit() or int(raw) < 1:
+            raise BadRequestError("limit must be a positive whole number")
+        limit = int(raw)
+    return jsonify(samples=current_app.extensions["dashboard"].poller.history(limit))
