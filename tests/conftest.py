@@ -1,9 +1,15 @@
 """Fixtures: app -> client -> auth, as in flaskr; fakes sit at the system boundary."""
-pytest_plugins = ["tests.fakes.fake_nvml.fixtures", "tests.fakes.fake_ollama_fixtures"]
-import eventlet
+import warnings
+
+with warnings.catch_warnings():
+    # pytest.ini filters EventletDeprecationWarning by class; this import runs before that applies.
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    import eventlet
 
 # As in `python app.py`: patch before Flask, requests or the fakes import socket/threading.
 eventlet.monkey_patch()
+
+pytest_plugins = ["tests.fakes.fake_nvml.fixtures", "tests.fakes.fake_ollama_fixtures"]
 
 import time  # noqa: E402
 
@@ -52,6 +58,16 @@ def config_overrides():
 @pytest.fixture
 def config(tmp_path, config_overrides):
     return make_config(tmp_path, **config_overrides)
+
+
+@pytest.fixture
+def nvml_reader(fake_nvml):
+    """The real NVML reader over the fake libnvidia-ml (two GPUs); modules may override it."""
+    from vram.nvml import NvmlReader
+
+    reader = NvmlReader()
+    yield reader
+    reader.shutdown()
 
 
 @pytest.fixture

@@ -29,8 +29,9 @@ def test_security_headers_everywhere(client, path):
     assert response.headers["Referrer-Policy"] == "no-referrer"
 
 
-def test_unexpected_errors_are_json_500_without_traceback(app, client, auth):
+def test_unexpected_errors_are_json_500_without_traceback(client, auth, services, monkeypatch):
     headers = auth.headers()
-    app.extensions["dashboard"].poller = None  # break the app on purpose
+    monkeypatch.setattr(services, "poller", None)  # break the app on purpose
     response = client.get("/api/vram/status", headers=headers)
+    monkeypatch.undo()
     assert response.status_code == 500 and response.get_json() == {"error": "internal server error"}

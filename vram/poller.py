@@ -90,6 +90,8 @@ class VramPoller:
                 self.tick()
             except Exception:  # a poller that dies silently would freeze the dashboard
                 log.exception("VRAM poll failed; retrying at the next interval")
+            if self._stopping:
+                break
             deadline += self.interval_s
             now = concurrency.monotonic()
             if deadline < now:

@@ -1,0 +1,142 @@
+"""`python app.py` as a user runs it, with the fake libnvidia-ml, over loopback."""
+import signal
+import statistics
+import time
+
+import pytest
+import requests
+import socketio
+
+from tests.fakes.fake_nvml import FakeNvml, two_gpus
+from tests.live import start_server
+
+pytestmark = pytest.mark.live
+
+
+@pytest.fixture
+def live_nvml(fake_nvml_lib, tmp_path):
+    """A scenario file for the server's own copy of the fake library (two GPUs)."""
+    fake = FakeNvml(tmp_path / "scenario.txt", lib_path=fake_nvml_lib)
+    fake.apply(two_gpus())
+    return fake
+
+
+@pytest.fixture
+def start(tmp_path, live_nvml):
+    servers = []
+
+    def _start(**env):
+        server = start_server(tmp_path, nvml_lib_dir=live_nvml.lib_path.parent,
+                              nvml_scenario=live_nvml.scenario_path,
+                              extra={k: str(v) for k, v in env.items()})
+        servers.append(server)
+        return server
+
+    yield _start
+    for server in servers:
+        server.stop(signal.SIGKILL)
+
+
+def connect_client(server, token, events):
+    client = socketio.Client(reconnection=False)
+
+    @client.on("vram_update")
+    def on_update(data):
+        events.append((time.monotonic(), data))
+
+    client.connect(server.url, auth={"token": token} if token else None, transports=["websocket"],
+                   wait_timeout=5)
+    return client
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_status_from_the_fake_driver(start):
+    server = start()
+    body = requests.get(f"{server.url}/api/vram/status", headers=server.headers(), timeout=5).json()
+    assert [gpu["index"] for gpu in body["gpus"]] == [0, 1]
+    assert body["gpu"]["total_mb"] == two_gpus().gpus[0].total_bytes // (1024 * 1024)
+    health = requests.get(f"{server.url}/health", timeout=5).json()
+    assert health["nvml"] is True and health["ollama"] is False and health["status"] == "degraded"
+
+
+@pytest.mark.parametrize("token", [None, "forged-token"])
+def test_socket_refused_without_a_valid_token(start, token):
+    server = start()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        connect_client(server, token, [])
+
+
+def test_vram_update_on_connect_and_at_the_interval(start):
+    server = start(VRAM_POLL_INTERVAL_SECONDS=0.2)
+    events = []
+    client = connect_client(server, server.login(), events)
+    try:
+        assert wait_for(lambda: len(events) >= 8)
+    finally:
+        client.disconnect()
+    first = events[0][1]
+    assert [gpu["index"] for gpu in first["gpus"]] == [0, 1]
+    gaps = [b[0] - a[0] for a, b in zip(events[1:], events[2:])]
+    assert 0.15 < statistics.median(gaps) < 0.3
+
+
+def test_logout_disconnects_the_live_socket(start):
+    server = start()
+    token = server.login()
+    client = connect_client(server, token, [])
+    assert client.connected
+    assert requests.post(f"{server.url}/api/auth/logout", headers=server.headers(), timeout=5).status_code == 200
+    assert wait_for(lambda: not client.connected)
+
+
+@pytest.mark.parametrize("origin, status", [("http://evil.example", 400), (None, 200), ("same", 200)])
+def test_cross_origin_socket_refused(start, origin, status):
+    server = start()
+    headers = {}
+    if origin == "same":
+        headers["Origin"] = server.url
+    elif origin:
+        headers["Origin"] = origin
+    response = requests.get(f"{server.url}/socket.io/?EIO=4&transport=polling", headers=headers, timeout=5)
+    assert response.status_code == status
+
+
+def test_rest_stays_fast_while_nvml_is_slow(start, live_nvml):
+    """Each NVML call takes 300 ms in C; the poller runs it in a real thread, so requests do not wait."""
+    live_nvml.scenario_slow_calls(300)
+    server = start(VRAM_POLL_INTERVAL_SECONDS=0.5)
+    headers = server.headers()
+    latencies = []
+    session = requests.Session()
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        response = session.get(f"{server.url}/api/vram/status", headers=headers, timeout=5)
+        latencies.append(time.perf_counter() - started)
+        assert response.status_code == 200
+    latencies.sort()
+    p95 = latencies[int(len(latencies) * 0.95)]
+    assert p95 < 0.05, f"p95 {p95 * 1000:.1f} ms over {len(latencies)} requests"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_clean_stop_within_five_seconds(start, sig):
+    server = start(VRAM_POLL_INTERVAL_SECONDS=0.2)
+    client = connect_client(server, server.login(), [])
+    started = time.monotonic()
+    code = server.stop(sig, timeout=5)
+    elapsed = time.monotonic() - started
+    client.disconnect()
+    log = server.log()
+    assert code == 0, log
+    assert elapsed < 5
+    assert "Traceback" not in log
+    assert server.password not in log and server.login() not in log

@@ -1,0 +1,190 @@
+"""The poller (tick, history, schedule) and the /api/vram routes, over a scripted reader."""
+import json
+
+import pytest
+
+import concurrency
+from vram.poller import VramPoller
+from vram.snapshot import GpuSnapshot, ProcessSnapshot, VramSnapshot
+
+GPU0 = GpuSnapshot(index=0, name="NVIDIA GeForce RTX 4090", uuid="GPU-0", total_mb=24564, used_mb=6144,
+                   free_mb=18420, utilization=37, memory_utilization=12, temperature_c=51, power_w=123.0)
+GPU1_LOST = GpuSnapshot(index=1, name="NVIDIA A100", uuid="GPU-1", error="GPU is lost")
+PROC = ProcessSnapshot(pid=4242, name="/usr/local/bin/ollama", used_mb=5120, gpu_index=0)
+
+
+def reading(ts=1000.0, used=6144, gpus=None):
+    gpu = GpuSnapshot(**{**GPU0.__dict__, "used_mb": used})
+    return VramSnapshot(timestamp=ts, gpus=tuple(gpus or (gpu,)), processes=(PROC,), driver_version="550.54.15")
+
+
+UNAVAILABLE = VramSnapshot(timestamp=1.0, error="NVML unavailable: NVIDIA driver not loaded")
+
+
+class ScriptedReader:
+    """A reader that returns the snapshots it is given, in order (the last one repeats)."""
+
+    def __init__(self, *snapshots):
+        self.snapshots = list(snapshots) or [reading()]
+        self.calls = 0
+
+    def read_snapshot(self):
+        self.calls += 1
+        return self.snapshots.pop(0) if len(self.snapshots) > 1 else self.snapshots[0]
+
+    def shutdown(self):
+        pass
+
+
+@pytest.fixture
+def nvml_reader():
+    return ScriptedReader(reading())
+
+
+def test_tick_keeps_latest_and_serialises_once():
+    published = []
+    poller = VramPoller(ScriptedReader(reading(ts=5.0)), 2.0, publish=published.append)
+    assert poller.latest is None
+    polled = poller.tick()
+    assert poller.latest is polled and published == [polled]
+    assert json.loads(polled.json_bytes) == polled.body
+    assert polled.body["gpu"] == polled.body["gpus"][0]
+    assert polled.body["processes"] == [{"pid": 4242, "name": "/usr/local/bin/ollama", "used_mb": 5120,
+                                         "gpu_index": 0}]
+
+
+def test_history_ring_holds_an_hour_and_returns_oldest_first():
+    poller = VramPoller(ScriptedReader(*[reading(ts=float(i), used=i) for i in range(5)]), 2.0)
+    assert poller.history_capacity >= 1800
+    for _ in range(5):
+        poller.tick()
+    samples = poller.history()
+    assert [s["timestamp"] for s in samples] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert samples[-1]["gpus"] == [{"index": 0, "used_mb": 4, "total_mb": 24564, "utilization": 37}]
+    assert [s["timestamp"] for s in poller.history(2)] == [3.0, 4.0]
+    assert VramPoller(ScriptedReader(), 0.1).history_capacity >= 36000
+
+
+def test_unavailable_readings_are_not_history():
+    poller = VramPoller(ScriptedReader(reading(ts=1.0), UNAVAILABLE, reading(ts=3.0)), 2.0)
+    for _ in range(3):
+        poller.tick()
+    assert [s["timestamp"] for s in poller.history()] == [1.0, 3.0]
+
+
+def test_run_schedules_against_a_deadline(monkeypatch):
+    """A 0.3 s read still gives a 2 s period: the sleep shrinks instead of the period growing."""
+    now = [100.0]
+    sleeps = []
+    monkeypatch.setattr(concurrency, "monotonic", lambda: now[0])
+
+    def fake_sleep(seconds):
+        sleeps.append(round(seconds, 6))
+        now[0] += seconds
+
+    monkeypatch.setattr(concurrency, "sleep", fake_sleep)
+    poller = VramPoller(ScriptedReader(), 2.0)
+
+    def slow_tick():
+        now[0] += 0.3
+        if len(sleeps) == 4:
+            poller._stopping = True
+
+    poller.tick = slow_tick
+    poller.run()
+    assert sleeps == [1.7, 1.7, 1.7, 1.7]
+
+
+def test_run_skips_missed_slots_instead_of_bursting(monkeypatch):
+    now = [0.0]
+    sleeps = []
+    monkeypatch.setattr(concurrency, "monotonic", lambda: now[0])
+    monkeypatch.setattr(concurrency, "sleep", lambda s: (sleeps.append(round(s, 6)), now.__setitem__(0, now[0] + s)))
+    poller = VramPoller(ScriptedReader(), 2.0)
+    durations = [5.0, 0.5]
+
+    def tick():
+        now[0] += durations.pop(0) if durations else 0.0
+        if len(sleeps) == 2:
+            poller._stopping = True
+
+    poller.tick = tick
+    poller.run()
+    # 5 s read: the next slot is the next multiple of 2 s (6.0), not an immediate catch-up burst.
+    assert sleeps == [1.0, 1.5]
+
+
+def test_run_survives_a_failing_tick(monkeypatch, caplog):
+    monkeypatch.setattr(concurrency, "sleep", lambda s: None)
+    poller = VramPoller(ScriptedReader(), 2.0)
+    calls = []
+
+    def tick():
+        calls.append(1)
+        if len(calls) == 3:
+            poller._stopping = True
+        raise RuntimeError("driver exploded")
+
+    poller.tick = tick
+    poller.run()
+    assert len(calls) == 3 and "VRAM poll failed" in caplog.text
+
+
+def test_status_is_the_latest_snapshot(client, auth, services):
+    services.poller.tick()
+    response = client.get("/api/vram/status", headers=auth.headers())
+    assert response.status_code == 200
+    body = response.get_json()
+    assert list(body) == ["gpu", "gpus", "processes", "driver_version", "timestamp"]
+    assert body["gpu"] == {"index": 0, "name": "NVIDIA GeForce RTX 4090", "uuid": "GPU-0", "total_mb": 24564,
+                           "used_mb": 6144, "free_mb": 18420, "utilization": 37, "memory_utilization": 12,
+                           "temperature_c": 51, "power_w": 123.0}
+    assert body["driver_version"] == "550.54.15" and body["timestamp"] == 1000.0
+
+
+def test_status_never_calls_nvml(client, auth, services, nvml_reader):
+    services.poller.tick()
+    calls = nvml_reader.calls
+    for _ in range(5):
+        assert client.get("/api/vram/status", headers=auth.headers()).status_code == 200
+    assert nvml_reader.calls == calls
+
+
+def test_status_before_first_poll_is_503(client, auth):
+    response = client.get("/api/vram/status", headers=auth.headers())
+    assert response.status_code == 503
+    assert response.get_json()["gpus"] == [] and response.headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize("nvml_reader", [ScriptedReader(UNAVAILABLE)])
+def test_status_without_nvml_is_503_with_contract_body(client, auth, services, nvml_reader):
+    services.poller.tick()
+    response = client.get("/api/vram/status", headers=auth.headers())
+    assert response.status_code == 503
+    assert response.get_json() == {"error": "NVML unavailable: NVIDIA driver not loaded",
+                                   "gpu": None, "gpus": [], "processes": []}
+    health = client.get("/health").get_json()
+    assert health["nvml"] is False and health["status"] == "degraded"
+
+
+@pytest.mark.parametrize("nvml_reader", [ScriptedReader(reading(gpus=(GPU0, GPU1_LOST)))])
+def test_lost_gpu_is_an_entry_with_error(client, auth, services, nvml_reader):
+    services.poller.tick()
+    body = client.get("/api/vram/status", headers=auth.headers()).get_json()
+    assert body["gpus"][0]["used_mb"] == 6144
+    assert body["gpus"][1]["error"] == "GPU is lost" and body["gpus"][1]["used_mb"] is None
+
+
+def test_history_route(client, auth, services):
+    for _ in range(3):
+        services.poller.tick()
+    body = client.get("/api/vram/history?limit=2", headers=auth.headers()).get_json()
+    assert len(body["samples"]) == 2
+    assert set(body["samples"][0]) == {"timestamp", "gpus"}
+    assert len(client.get("/api/vram/history", headers=auth.headers()).get_json()["samples"]) == 3
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "abc", "1.5", ""])
+def test_history_rejects_bad_limit(client, auth, limit):
+    response = client.get(f"/api/vram/history?limit={limit}", headers=auth.headers())
+    assert response.status_code == 400 and "limit" in response.get_json()["error"]
