@@ -1,13 +1,298 @@
-"""PLACEHOLDER: the only code that speaks HTTP to Ollama (to be replaced by the real client)."""
+"""The only code that speaks HTTP to Ollama: one pooled session, one funnel for transport errors.
+
+Every call goes through `_request_raw`, which turns transport failures into exactly two errors:
+`OllamaUnavailableError` (nothing answers at OLLAMA_HOST: refused, unknown host, no route) and
+`OllamaTimeoutError` (Ollama accepted the connection but went silent). An HTTP error status from
+Ollama becomes `OllamaError` carrying Ollama's status and its `error` text (typed methods only;
+`open_raw` hands every status back untouched, for the proxy).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import socket
+from typing import Any, Iterable, Iterator
+
 import requests
+from requests.adapters import HTTPAdapter
+
+import concurrency
+from errors import OllamaError, OllamaTimeoutError, OllamaUnavailableError
+
+log = logging.getLogger(__name__)
+
+Timeout = tuple[float, float]  # (connect_s, read_s): read_s is the longest silence between bytes
+
+CONNECT_TIMEOUT_S = 5.0
+DEFAULT_TIMEOUT: Timeout = (CONNECT_TIMEOUT_S, 30.0)
+# Loading a large model from a slow disk can take minutes; Ollama answers only once it is loaded.
+LOAD_TIMEOUT: Timeout = (CONNECT_TIMEOUT_S, 600.0)
+# Between two pull lines Ollama may verify a multi-GB blob (sha256) without sending anything.
+PULL_TIMEOUT: Timeout = (CONNECT_TIMEOUT_S, 600.0)
+REACHABLE_TIMEOUT: Timeout = (1.0, 1.0)
+REACHABLE_CACHE_S = 3.0
+USER_AGENT = "vram-dashboard"
 
 
 class OllamaClient:
-    def __init__(self, base_url: str):
-        self.base_url = base_url
+    """Talk to one Ollama server (the configured OLLAMA_HOST) over a pooled HTTP session."""
+
+    def __init__(self, base_url: str, *, pool_maxsize: int = 64):
+        self.base_url = base_url.rstrip("/")
+        session = requests.Session()
+        # Only the configured Ollama is ever contacted: no HTTP(S)_PROXY, no .netrc credentials.
+        session.trust_env = False
+        session.max_redirects = 0
+        session.headers.clear()
+        session.headers["User-Agent"] = USER_AGENT
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        self._session = session
+        self._reachable_lock = concurrency.Lock()
+        self._reachable: tuple[float, bool] | None = None  # (monotonic time checked, answer)
+
+    # -- the funnel -------------------------------------------------------------------------
+
+    def url(self, path: str) -> str:
+        """Return the absolute URL of `path` (which starts with "/") under OLLAMA_HOST."""
+        if not path.startswith("/"):
+            raise ValueError(f"path must start with '/': {path!r}")
+        if any(ch in path for ch in "\r\n\x00") or any(seg in (".", "..") for seg in path.split("?")[0].split("/")):
+            raise ValueError(f"refusing to request an unnormalised path: {path!r}")
+        return self.base_url + path
+
+    def _request_raw(self, method: str, path: str, *, timeout: Timeout, stream: bool = False,
+                     json_body: Any = None, data: bytes | Iterable[bytes] | None = None,
+                     headers: dict[str, str] | None = None) -> requests.Response:
+        """Send one request; transport failures become OllamaUnavailableError or OllamaTimeoutError."""
+        url = self.url(path)
+        with self.transport_errors(timeout):
+            return self._session.request(method, url, json=json_body, data=data, headers=headers,
+                                         timeout=timeout, stream=stream, allow_redirects=False)
+
+    @contextlib.contextmanager
+    def transport_errors(self, timeout: Timeout | None = None) -> Iterator[None]:
+        """Turn a requests/urllib3 transport failure inside the block into one of the two errors.
+
+        Also wrap reads of a streamed body (iter_lines, raw.stream) with this, so a stream that
+        breaks half-way is reported the same way as a request that never connected.
+        """
+        try:
+            yield
+        except requests.exceptions.ConnectTimeout as exc:
+            raise self._unavailable(f"no connection within {timeout[0] if timeout else '?'} s", exc) from None
+        except requests.exceptions.Timeout as exc:  # ReadTimeout, urllib3 read timeouts
+            read_s = timeout[1] if timeout else None
+            within = f" within {read_s:g} s" if read_s else ""
+            raise OllamaTimeoutError(f"Ollama at {self.base_url} did not answer{within} "
+                                     "(OLLAMA_HOST); it may be busy loading a model") from None
+        except (requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ContentDecodingError) as exc:
+            raise self._unavailable("the connection broke mid-response (Ollama stopped or restarted?)",
+                                    exc) from None
+        except requests.exceptions.ConnectionError as exc:
+            if _is_timeout(exc):
+                read_s = timeout[1] if timeout else None
+                raise OllamaTimeoutError(f"Ollama at {self.base_url} did not answer"
+                                         f"{f' within {read_s:g} s' if read_s else ''} (OLLAMA_HOST)") from None
+            raise self._unavailable(_describe(exc), exc) from None
+        except requests.exceptions.RequestException as exc:  # InvalidURL, TooManyRedirects...
+            raise self._unavailable(_describe(exc), exc) from None
+
+    def _unavailable(self, reason: str, exc: BaseException) -> OllamaUnavailableError:
+        log.debug("Ollama transport error: %r", exc)
+        return OllamaUnavailableError(
+            f"Ollama is not reachable at {self.base_url}: {reason}. "
+            "Start Ollama (`ollama serve`) or set OLLAMA_HOST to its address.")
+
+    def _request_json(self, method: str, path: str, *, timeout: Timeout = DEFAULT_TIMEOUT,
+                      json_body: Any = None) -> Any:
+        """Send a request and return its decoded JSON body, or raise OllamaError on an error status."""
+        with contextlib.closing(self._request_raw(method, path, timeout=timeout, json_body=json_body,
+                                                  headers={"Accept": "application/json"})) as response:
+            with self.transport_errors(timeout):
+                content = response.content
+            check_status(response, content)
+            if not content.strip():
+                return None
+            try:
+                return json.loads(content)
+            except ValueError:
+                raise OllamaError(f"Ollama sent a body that is not JSON for {method} {path}",
+                                  upstream_status=response.status_code) from None
+
+    # -- raw access for the proxy ------------------------------------------------------------
+
+    def open_raw(self, method: str, path: str, *, body: bytes | Iterable[bytes] | None = None,
+                 headers: dict[str, str] | None = None,
+                 timeout: Timeout = DEFAULT_TIMEOUT) -> requests.Response:
+        """Open a streamed request to OLLAMA_HOST + path and return the response, whatever its status.
+
+        `body` is bytes or an iterator of bytes (sent chunked). Redirects are not followed. The
+        caller reads `response.raw` / `iter_content` (inside `transport_errors(timeout)`) and
+        must close the response. Raises only OllamaUnavailableError / OllamaTimeoutError.
+        """
+        return self._request_raw(method, path, timeout=timeout, stream=True, data=body,
+                                 headers=dict(headers or {}))
+
+    # -- typed calls -------------------------------------------------------------------------
 
     def is_reachable(self) -> bool:
-        try:
-            return requests.get(self.base_url + "/api/version", timeout=1).ok
-        except requests.RequestException:
-            return False
+        """Return whether Ollama answers /api/version; cached a few seconds, never raises."""
+        now = concurrency.monotonic()
+        cached = self._reachable
+        if cached is not None and now - cached[0] < REACHABLE_CACHE_S:
+            return cached[1]
+        with self._reachable_lock:
+            cached = self._reachable
+            if cached is not None and concurrency.monotonic() - cached[0] < REACHABLE_CACHE_S:
+                return cached[1]
+            try:
+                self._request_json("GET", "/api/version", timeout=REACHABLE_TIMEOUT)
+                answer = True
+            except (OllamaUnavailableError, OllamaTimeoutError, OllamaError):
+                answer = False
+            self._reachable = (concurrency.monotonic(), answer)
+            return answer
+
+    def version(self) -> str:
+        """Return Ollama's version string."""
+        body = self._request_json("GET", "/api/version")
+        return str((body or {}).get("version", ""))
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Return /api/tags's models (downloaded models)."""
+        return _models(self._request_json("GET", "/api/tags"))
+
+    def list_loaded(self) -> list[dict[str, Any]]:
+        """Return /api/ps's models (models loaded in memory)."""
+        return _models(self._request_json("GET", "/api/ps"))
+
+    def show(self, model: str) -> dict[str, Any]:
+        """Return /api/show for one model."""
+        return self._request_json("POST", "/api/show", json_body={"model": model}) or {}
+
+    def load(self, model: str, keep_alive: str | int | float, *, timeout: Timeout = LOAD_TIMEOUT) -> dict[str, Any]:
+        """Load a model into memory: /api/generate with no prompt; returns once Ollama has loaded it."""
+        return self._request_json("POST", "/api/generate", timeout=timeout,
+                                  json_body={"model": model, "keep_alive": keep_alive, "stream": False}) or {}
+
+    def unload(self, model: str) -> dict[str, Any]:
+        """Unload a model: /api/generate with keep_alive 0."""
+        return self._request_json("POST", "/api/generate", timeout=LOAD_TIMEOUT,
+                                  json_body={"model": model, "keep_alive": 0, "stream": False}) or {}
+
+    def delete(self, model: str) -> None:
+        """Delete a downloaded model."""
+        self._request_json("DELETE", "/api/delete", json_body={"model": model})
+
+    def pull(self, model: str, *, timeout: Timeout = PULL_TIMEOUT) -> "PullStream":
+        """Start /api/pull and return its NDJSON progress lines as a closable iterator."""
+        response = self._request_raw("POST", "/api/pull", timeout=timeout, stream=True,
+                                     json_body={"model": model, "stream": True},
+                                     headers={"Accept": "application/x-ndjson"})
+        if response.status_code >= 400:
+            with contextlib.closing(response), self.transport_errors(timeout):
+                content = response.content
+            check_status(response, content)
+        return PullStream(self, response, timeout)
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._session.close()
+
+
+class PullStream:
+    """The NDJSON lines of one /api/pull; iterate for dicts, close() to abandon the pull."""
+
+    def __init__(self, client: OllamaClient, response: requests.Response, timeout: Timeout):
+        self._client = client
+        self.response = response
+        self._timeout = timeout
+        self.closed = False
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with self._client.transport_errors(self._timeout):
+            for line in self.response.iter_lines(chunk_size=None):
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                except ValueError:
+                    raise OllamaError(f"Ollama sent a pull line that is not JSON: {line[:200]!r}") from None
+                if isinstance(item, dict):
+                    yield item
+
+    def close(self) -> None:
+        """Close the upstream connection; Ollama cancels a pull when its last client leaves."""
+        self.closed = True
+        self.response.close()
+
+
+def check_status(response: requests.Response, content: bytes) -> None:
+    """Raise OllamaError with Ollama's status and `error` text if the response is an error."""
+    if response.status_code < 400:
+        return
+    raise OllamaError(f"Ollama: {error_text(content, response.status_code)}", upstream_status=response.status_code)
+
+
+def error_text(content: bytes, status: int) -> str:
+    """Return Ollama's `error` message from an error body (JSON `{"error": ...}` or plain text)."""
+    text = content.decode("utf-8", errors="replace").strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict):  # the OpenAI-compatible endpoints nest it
+            err = err.get("message")
+        if isinstance(err, str) and err:
+            return err
+    return text[:500] or f"HTTP {status}"
+
+
+def _models(body: Any) -> list[dict[str, Any]]:
+    models = (body or {}).get("models") if isinstance(body, dict) else None
+    return [m for m in (models or []) if isinstance(m, dict)]
+
+
+def _root_causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack.extend(a for a in getattr(current, "args", ()) if isinstance(a, BaseException))
+        for attr in ("reason", "__cause__", "__context__"):
+            nested = getattr(current, attr, None)
+            if isinstance(nested, BaseException):
+                stack.append(nested)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return any(isinstance(e, (TimeoutError, socket.timeout)) or type(e).__name__ == "ReadTimeoutError"
+               for e in _root_causes(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    """Say in a few words why a connection failed (refused, unknown host...)."""
+    for cause in _root_causes(exc):
+        if isinstance(cause, socket.gaierror) or type(cause).__name__ == "NameResolutionError":
+            return "cannot resolve the host name"
+        if isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset"
+        if getattr(cause, "errno", None) in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "no route to host"
+    for cause in _root_causes(exc):
+        if type(cause).__name__ in ("RemoteDisconnected", "ProtocolError", "IncompleteRead"):
+            return "the connection closed before Ollama answered"
+    return str(exc)[:200] or type(exc).__name__
