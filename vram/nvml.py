@@ -164,7 +164,8 @@ class NvmlReader:
             self._driver_version = _text(self._field(nvml.nvmlSystemGetDriverVersion))
         gpus: list[GpuSnapshot] = []
         # (gpu index, pid) -> the memory each of its NVML entries reported; a PID in both the
-        # compute and the graphics list is one process.
+        # compute and the graphics list is one process, and NVML reports the process's whole
+        # memory in each list, so the entries are not added up (as gpustat and nvitop do).
         process_memory: dict[tuple[int, int], list[int | None]] = {}
         for index in range(nvml.nvmlDeviceGetCount()):
             try:
@@ -184,7 +185,7 @@ class NvmlReader:
         processes_out = []
         for (index, pid), reported in process_memory.items():
             known = [value for value in reported if value is not None and value < NVML_VALUE_NOT_AVAILABLE]
-            used_mb = _mib(sum(known)) if known else None
+            used_mb = _mib(max(known)) if known else None
             processes_out.append(ProcessSnapshot(pid=pid, name=names[pid], used_mb=used_mb, gpu_index=index))
         return VramSnapshot(timestamp=time.time(), gpus=tuple(gpus), processes=tuple(processes_out),
                             driver_version=self._driver_version)
