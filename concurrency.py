@@ -19,6 +19,12 @@ blocking_sleep = eventlet.patcher.original("time").sleep
 Lock = Semaphore
 
 
+def os_lock():
+    """Return a lock that makes OS threads (tpool workers) wait, even after monkey_patch()."""
+    # A green lock cannot block one real thread on behalf of another.
+    return eventlet.patcher.original("_thread").allocate_lock()
+
+
 def spawn(fn: Callable[..., Any], *args: Any, **kwargs: Any):
     """Start fn in a green thread; return a handle with kill() and wait()."""
     return eventlet.spawn(fn, *args, **kwargs)

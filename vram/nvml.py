@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 from types import ModuleType
 from typing import Any, Callable, TypeVar
 
+import concurrency
 from vram.snapshot import GpuSnapshot, ProcessSnapshot, VramSnapshot
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,6 @@ _PROCESS_CALLS = {
     "compute": ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetComputeRunningProcesses_v2"),
     "graphics": ("nvmlDeviceGetGraphicsRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses_v2"),
 }
-
-
-def _os_lock():
-    """Return a lock that blocks OS threads, even after eventlet.monkey_patch()."""
-    # read_snapshot runs in tpool's OS threads; a green lock cannot make those wait for each other.
-    patcher = sys.modules.get("eventlet.patcher")   # not imported: threading cannot be patched
-    if patcher is None:
-        return threading.Lock()
-    return patcher.original("_thread").allocate_lock()
 
 
 def _classes(nvml: ModuleType, names: tuple[str, ...]) -> tuple[type[BaseException], ...]:
@@ -95,7 +86,7 @@ class NvmlReader:
     def __init__(self, nvml: ModuleType | None = None):
         self._nvml = nvml
         self._errors: _Errors | None = None
-        self._lock = _os_lock()
+        self._lock = concurrency.os_lock()  # read_snapshot runs in tpool's OS threads
         self._initialised = False
         self._driver_version: str | None = None
         self._memory_v1_only: set[int] = set()          # GPUs whose driver lacks memory info v2
