@@ -1,0 +1,124 @@
+"""Which /ollama/<path> requests may reach Ollama: raw-path normalisation and the allowlist.
+
+Pure functions, no Flask: the proxy view asks `resolve(raw_path, method)` and either gets the
+canonical upstream path or a reason to refuse (403, 404, 405).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+PREFIX = "/ollama"
+
+# The contract's allowlist, matched on the canonical path (no leading slash; "" is Ollama's `/`).
+# HEAD rides along with GET: it is GET without a body, and Ollama answers it where it answers GET.
+_GET = frozenset({"GET", "HEAD"})
+_POST = frozenset({"POST"})
+ALLOWED: dict[str, frozenset[str]] = {
+    "": _GET,
+    "api/version": _GET,
+    "api/tags": _GET,
+    "api/ps": _GET,
+    "api/show": _POST,
+    "api/generate": _POST,
+    "api/chat": _POST,
+    "api/embed": _POST,
+    "api/embeddings": _POST,
+    "v1/models": _GET,
+    "v1/chat/completions": _POST,
+    "v1/completions": _POST,
+    "v1/embeddings": _POST,
+}
+# `v1/models/<name>`: one path segment holding a model name as Ollama parses it
+# ([namespace-less] model[:tag]; Ollama's route takes a single segment, so no registry/namespace).
+_MODEL_PART = r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,79}"
+_MODEL_SEGMENT = re.compile(rf"{_MODEL_PART}(:{_MODEL_PART})?")
+
+# Model management goes through the dashboard's own routes, which validate names.
+MANAGEMENT = frozenset({"api/pull", "api/push", "api/delete", "api/copy", "api/create", "api/blobs"})
+MANAGEMENT_HINT = {
+    "api/pull": "POST /api/models/ollama/download",
+    "api/delete": "POST /api/models/ollama/delete",
+}
+
+# Characters allowed verbatim in a raw path: RFC 3986 unreserved plus the sub-delims and ":" "@"
+# that a path segment may hold. Everything else (controls, spaces, "\", non-ASCII, "%" outside the
+# escapes below, "?" and "#" which never belong to a path) is refused.
+_RAW_PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
+# The only escape decoded: "%3A" for ":" (JS clients encodeURIComponent model names). Any other
+# escape — %2e, %2f, %5c, %00, %25... — is refused rather than decoded, so no encoded dot, slash or
+# backslash can change which path Ollama sees.
+_ALLOWED_ESCAPES = re.compile(r"%3[Aa]")
+
+
+@dataclass(frozen=True)
+class Route:
+    """A proxied request the allowlist accepts: send `method upstream_path` to Ollama."""
+
+    method: str
+    upstream_path: str  # starts with "/", e.g. "/api/tags", "/" for Ollama's root
+
+
+class Refusal(Exception):
+    """Why a path or method is refused: `status` is 403, 404 or 405; `allow` lists methods for 405."""
+
+    def __init__(self, status: int, message: str, allow: frozenset[str] = frozenset()):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.allow = allow
+
+
+def canonical_path(raw_path: str) -> str | None:
+    """Return the path under /ollama in canonical form ("api/tags", "" for root), or None if unsafe.
+
+    `raw_path` is the path as it arrived on the request line (still percent-encoded, without the
+    query string). Only canonical paths are accepted: no empty, "." or ".." segments, no trailing
+    slash (except the root "/ollama/"), no encoded dots, slashes or backslashes.
+
+    >>> canonical_path("/ollama/api/tags"), canonical_path("/ollama"), canonical_path("/ollama/")
+    ('api/tags', '', '')
+    >>> canonical_path("/ollama/v1/models/llama3%3A8b")
+    'v1/models/llama3:8b'
+    >>> [canonical_path(p) for p in ("/ollama/../api/tags", "/ollama/api%2Ftags", "/ollama//api/tags")]
+    [None, None, None]
+    """
+    if not raw_path.startswith(PREFIX):
+        return None
+    rest = raw_path[len(PREFIX):]
+    if rest in ("", "/"):
+        return ""
+    if not rest.startswith("/") or not _RAW_PATH_CHARS.fullmatch(rest):
+        return None
+    if "%" in rest:
+        if "%" in _ALLOWED_ESCAPES.sub("", rest):
+            return None
+        rest = _ALLOWED_ESCAPES.sub(":", rest)
+    segments = rest[1:].split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
+        return None
+    return "/".join(segments)
+
+
+def resolve(raw_path: str, method: str) -> Route:
+    """Return the upstream route for a request, or raise Refusal (403 management, 404, 405)."""
+    path = canonical_path(raw_path)
+    if path is None:
+        raise Refusal(404, "not found: the Ollama proxy forwards only the documented Ollama API paths")
+    allowed = ALLOWED.get(path)
+    if allowed is None and path.startswith("v1/models/") and _is_model_segment(path[len("v1/models/"):]):
+        allowed = _GET
+    if allowed is None:
+        head = "/".join(path.split("/")[:2])
+        if head in MANAGEMENT:
+            hint = MANAGEMENT_HINT.get(head, "the dashboard's /api/models/ollama/... routes")
+            raise Refusal(403, f"model management is not available through the proxy ({head}); "
+                               f"use {hint}, which validates model names")
+        raise Refusal(404, f"not found: /ollama/{path} is not an Ollama API path the proxy forwards")
+    if method not in allowed:
+        raise Refusal(405, f"method {method} not allowed on /ollama/{path}", allow=allowed)
+    return Route(method=method, upstream_path="/" + path)
+
+
+def _is_model_segment(name: str) -> bool:
+    return bool(_MODEL_SEGMENT.fullmatch(name)) and ".." not in name
