@@ -39,12 +39,17 @@ USER_AGENT = "vram-dashboard"
 class OllamaClient:
     """Talk to one Ollama server (the configured OLLAMA_HOST) over a pooled HTTP session."""
 
-    def __init__(self, base_url: str, *, pool_maxsize: int = 64):
+    def __init__(self, base_url: str, *, timeout: Timeout = DEFAULT_TIMEOUT, load_timeout: Timeout = LOAD_TIMEOUT,
+                 pull_timeout: Timeout = PULL_TIMEOUT, reachable_cache_s: float = REACHABLE_CACHE_S,
+                 pool_maxsize: int = 64):
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.load_timeout = load_timeout
+        self.pull_timeout = pull_timeout
+        self.reachable_cache_s = reachable_cache_s
         session = requests.Session()
         # Only the configured Ollama is ever contacted: no HTTP(S)_PROXY, no .netrc credentials.
         session.trust_env = False
-        session.max_redirects = 0
         session.headers.clear()
         session.headers["User-Agent"] = USER_AGENT
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
@@ -108,9 +113,10 @@ class OllamaClient:
             f"Ollama is not reachable at {self.base_url}: {reason}. "
             "Start Ollama (`ollama serve`) or set OLLAMA_HOST to its address.")
 
-    def _request_json(self, method: str, path: str, *, timeout: Timeout = DEFAULT_TIMEOUT,
+    def _request_json(self, method: str, path: str, *, timeout: Timeout | None = None,
                       json_body: Any = None) -> Any:
         """Send a request and return its decoded JSON body, or raise OllamaError on an error status."""
+        timeout = timeout or self.timeout
         with contextlib.closing(self._request_raw(method, path, timeout=timeout, json_body=json_body,
                                                   headers={"Accept": "application/json"})) as response:
             with self.transport_errors(timeout):
@@ -128,14 +134,14 @@ class OllamaClient:
 
     def open_raw(self, method: str, path: str, *, body: bytes | Iterable[bytes] | None = None,
                  headers: dict[str, str] | None = None,
-                 timeout: Timeout = DEFAULT_TIMEOUT) -> requests.Response:
+                 timeout: Timeout | None = None) -> requests.Response:
         """Open a streamed request to OLLAMA_HOST + path and return the response, whatever its status.
 
         `body` is bytes or an iterator of bytes (sent chunked). Redirects are not followed. The
         caller reads `response.raw` / `iter_content` (inside `transport_errors(timeout)`) and
         must close the response. Raises only OllamaUnavailableError / OllamaTimeoutError.
         """
-        return self._request_raw(method, path, timeout=timeout, stream=True, data=body,
+        return self._request_raw(method, path, timeout=timeout or self.timeout, stream=True, data=body,
                                  headers=dict(headers or {}))
 
     # -- typed calls -------------------------------------------------------------------------
@@ -144,11 +150,14 @@ class OllamaClient:
         """Return whether Ollama answers /api/version; cached a few seconds, never raises."""
         now = concurrency.monotonic()
         cached = self._reachable
-        if cached is not None and now - cached[0] < REACHABLE_CACHE_S:
+        if cached is not None and now - cached[0] < self.reachable_cache_s:
             return cached[1]
-        with self._reachable_lock:
+        # One check at a time; while it runs, others get the previous answer instead of waiting.
+        if not self._reachable_lock.acquire(blocking=cached is None):
+            return cached[1]
+        try:
             cached = self._reachable
-            if cached is not None and concurrency.monotonic() - cached[0] < REACHABLE_CACHE_S:
+            if cached is not None and concurrency.monotonic() - cached[0] < self.reachable_cache_s:
                 return cached[1]
             try:
                 self._request_json("GET", "/api/version", timeout=REACHABLE_TIMEOUT)
@@ -157,6 +166,8 @@ class OllamaClient:
                 answer = False
             self._reachable = (concurrency.monotonic(), answer)
             return answer
+        finally:
+            self._reachable_lock.release()
 
     def version(self) -> str:
         """Return Ollama's version string."""
@@ -175,26 +186,27 @@ class OllamaClient:
         """Return /api/show for one model."""
         return self._request_json("POST", "/api/show", json_body={"model": model}) or {}
 
-    def load(self, model: str, keep_alive: str | int | float, *, timeout: Timeout = LOAD_TIMEOUT) -> dict[str, Any]:
+    def load(self, model: str, keep_alive: str | int | float) -> dict[str, Any]:
         """Load a model into memory: /api/generate with no prompt; returns once Ollama has loaded it."""
-        return self._request_json("POST", "/api/generate", timeout=timeout,
+        return self._request_json("POST", "/api/generate", timeout=self.load_timeout,
                                   json_body={"model": model, "keep_alive": keep_alive, "stream": False}) or {}
 
     def unload(self, model: str) -> dict[str, Any]:
         """Unload a model: /api/generate with keep_alive 0."""
-        return self._request_json("POST", "/api/generate", timeout=LOAD_TIMEOUT,
+        return self._request_json("POST", "/api/generate", timeout=self.load_timeout,
                                   json_body={"model": model, "keep_alive": 0, "stream": False}) or {}
 
     def delete(self, model: str) -> None:
         """Delete a downloaded model."""
         self._request_json("DELETE", "/api/delete", json_body={"model": model})
 
-    def pull(self, model: str, *, timeout: Timeout = PULL_TIMEOUT) -> "PullStream":
+    def pull(self, model: str) -> "PullStream":
         """Start /api/pull and return its NDJSON progress lines as a closable iterator."""
+        timeout = self.pull_timeout
         response = self._request_raw("POST", "/api/pull", timeout=timeout, stream=True,
                                      json_body={"model": model, "stream": True},
                                      headers={"Accept": "application/x-ndjson"})
-        if response.status_code >= 400:
+        if not 200 <= response.status_code < 300:
             with contextlib.closing(response), self.transport_errors(timeout):
                 content = response.content
             check_status(response, content)
@@ -215,27 +227,59 @@ class PullStream:
         self.closed = False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        with self._client.transport_errors(self._timeout):
-            for line in self.response.iter_lines(chunk_size=None):
-                if not line.strip():
-                    continue
-                try:
-                    item = json.loads(line)
-                except ValueError:
-                    raise OllamaError(f"Ollama sent a pull line that is not JSON: {line[:200]!r}") from None
-                if isinstance(item, dict):
-                    yield item
+        self._reading = True
+        try:
+            with self._client.transport_errors(self._timeout):
+                for line in self.response.iter_lines(chunk_size=None):
+                    if not line.strip():
+                        continue
+                    try:
+                        item = json.loads(line)
+                    except ValueError:
+                        raise OllamaError(f"Ollama sent a pull line that is not JSON: {line[:200]!r}") from None
+                    if isinstance(item, dict):
+                        yield item
+        finally:
+            self._reading = False
+            self.response.close()
+
+    _reading = False
 
     def close(self) -> None:
-        """Close the upstream connection; Ollama cancels a pull when its last client leaves."""
+        """Close the upstream connection; Ollama cancels a pull when its last client leaves.
+
+        Safe from another green thread while one is blocked reading: the socket is shut down
+        (the reader sees the stream end and closes the response itself).
+        """
         self.closed = True
-        self.response.close()
+        abort_response(self.response)
+        if not self._reading:
+            self.response.close()
+
+
+def abort_response(response: requests.Response) -> None:
+    """Shut down a streamed response's socket, waking a green thread blocked reading it.
+
+    Closing the response from another green thread while one reads it raises "reentrant call"
+    in the reader's buffered file; shutting the socket down instead makes its read return
+    end-of-stream, and the peer (Ollama) sees the connection close at once.
+    """
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def check_status(response: requests.Response, content: bytes) -> None:
-    """Raise OllamaError with Ollama's status and `error` text if the response is an error."""
-    if response.status_code < 400:
+    """Raise OllamaError with Ollama's status and `error` text unless the response is a 2xx."""
+    if 200 <= response.status_code < 300:
         return
+    if 300 <= response.status_code < 400:
+        raise OllamaError(f"Ollama answered HTTP {response.status_code} (a redirect to "
+                          f"{response.headers.get('Location', '?')}, not followed): check OLLAMA_HOST",
+                          upstream_status=response.status_code)
     raise OllamaError(f"Ollama: {error_text(content, response.status_code)}", upstream_status=response.status_code)
 
 

@@ -43,6 +43,8 @@ DEFAULT_BEHAVIOUR: dict[str, Any] = {
     "delay_s": {},
     # {"/api/tags": {"status": 500, "error": "boom"}}: answer a path with this error.
     "fail": {},
+    # {"/api/tags": "http://elsewhere/x"}: answer a path with 307 and this Location.
+    "redirect": {},
     # Seconds a load (/api/generate with no prompt) takes; a client leaving aborts it.
     "load_delay_s": 0.0,
     # Tokens per generate/chat/completion answer and seconds between two of them.
@@ -223,6 +225,14 @@ class Handler(BaseHTTPRequestHandler):
         try:
             delay = behaviour["delay_s"].get(path, behaviour["delay_s"].get("*", 0))
             if delay and not self._sleep(float(delay)):
+                return
+            location = behaviour["redirect"].get(path)
+            if location:
+                self.record["status"] = 307
+                self.send_response(307)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
                 return
             fail = behaviour["fail"].get(path)
             if fail:

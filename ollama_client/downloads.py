@@ -1,0 +1,308 @@
+"""Model downloads: one background pull per model, whole-model progress, throttled events.
+
+A `DownloadJob` reads Ollama's NDJSON pull stream in a green thread. Its progress is the sum of
+`completed` over the sum of `total` of every layer seen, never going backwards; it is published
+as `model_download_progress` at most every `min_interval_s` per model, except that a status
+change and the final event are sent at once, and a throttled update is flushed after the interval
+even if Ollama goes quiet.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import concurrency
+from errors import ApiError, NotFoundError
+from ollama_client.client import OllamaClient, PullStream
+from ollama_client.formatting import iso_time, percent_text
+
+log = logging.getLogger(__name__)
+
+EVENT = "model_download_progress"
+DOWNLOADING, COMPLETE, ERROR, CANCELLED = "downloading", "complete", "error", "cancelled"
+FINISHED_RETENTION_S = 3600.0
+MIN_EVENT_INTERVAL_S = 0.25  # at most ~4 progress events per second per model
+START_WAIT_S = 10.0
+SHUTDOWN_MESSAGE = "interrupted: server shutting down"
+MAX_RUNNING_PERCENT = 99.9
+
+Publish = Callable[[str, dict[str, Any]], None]
+
+
+class PullProgress:
+    """Whole-model progress over every layer seen; monotonic even when Ollama rolls a layer back.
+
+    >>> p = PullProgress()
+    >>> _ = p.update({"digest": "sha256:a", "total": 100, "completed": 50}); p.percent
+    50.0
+    >>> _ = p.update({"digest": "sha256:a", "total": 100, "completed": 40}); p.percent  # rolled back
+    50.0
+    >>> _ = p.update({"digest": "sha256:b", "total": 100, "completed": 0}); p.percent   # a new layer
+    50.0
+    >>> _ = p.update({"digest": "sha256:b", "total": 100, "completed": 60}); p.percent
+    55.0
+    >>> _ = p.update({"digest": "sha256:b", "total": 100, "completed": 100}); (p.percent, p.completed_bytes, p.total_bytes)
+    (75.0, 150, 200)
+    >>> _ = p.update({"digest": "sha256:a", "total": 100, "completed": 100}); p.percent  # never 100 until success
+    99.9
+    >>> p.finish(); p.percent
+    100.0
+    """
+
+    def __init__(self):
+        self._layers: dict[str, tuple[int, int]] = {}  # digest -> (highest completed, total)
+        self.completed_bytes = 0
+        self.total_bytes = 0
+        self.percent = 0.0
+
+    def update(self, line: dict[str, Any]) -> bool:
+        """Fold one pull line in; return True if the reported numbers changed."""
+        digest, total, completed = line.get("digest"), line.get("total"), line.get("completed", 0)
+        if not isinstance(digest, str) or not _is_count(total) or not _is_count(completed):
+            return False
+        seen_completed, _ = self._layers.get(digest, (0, 0))
+        self._layers[digest] = (min(max(seen_completed, completed), total), total)
+        before = (self.completed_bytes, self.total_bytes, self.percent)
+        self.completed_bytes = max(self.completed_bytes, sum(c for c, _ in self._layers.values()))
+        self.total_bytes = sum(t for _, t in self._layers.values())
+        if self.total_bytes:
+            # Floored, never below what was already reported (Ollama announces layers one by one,
+            # so the total grows), and 100 only once Ollama says success.
+            share = math.floor(self.completed_bytes * 1000 / self.total_bytes) / 10
+            self.percent = max(self.percent, min(share, MAX_RUNNING_PERCENT))
+        return (self.completed_bytes, self.total_bytes, self.percent) != before
+
+    def finish(self) -> None:
+        """Mark every byte done (Ollama said success)."""
+        self.completed_bytes = self.total_bytes
+        self.percent = 100.0
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+@dataclass(eq=False)
+class DownloadJob:
+    """One model's pull: its state, and the handles that stop it."""
+
+    model_name: str
+    started_at: float
+    status: str = DOWNLOADING
+    message: str = "Download started"
+    error: str | None = None
+    finished_at: float | None = None
+    progress: PullProgress = field(default_factory=PullProgress)
+    stream: PullStream | None = None
+    thread: Any = None
+    started: Any = None  # a semaphore released once the upstream answered (or failed)
+    start_error: ApiError | None = None
+    last_emit: float = -math.inf
+    dirty: bool = False
+    flusher: Any = None
+    emit_lock: Any = field(default_factory=concurrency.Lock)
+
+    @property
+    def running(self) -> bool:
+        return self.status == DOWNLOADING
+
+    def event(self) -> dict[str, Any]:
+        """The `model_download_progress` payload."""
+        return {"model_name": self.model_name, "progress": percent_text(self.progress.percent),
+                "percent": self.progress.percent, "status": self.status,
+                "completed_bytes": self.progress.completed_bytes, "total_bytes": self.progress.total_bytes,
+                "message": self.error if self.status == ERROR and self.error else self.message}
+
+    def summary(self) -> dict[str, Any]:
+        """The `GET downloads` entry."""
+        return {"model_name": self.model_name, "status": self.status,
+                "progress": percent_text(self.progress.percent), "percent": self.progress.percent,
+                "completed_bytes": self.progress.completed_bytes, "total_bytes": self.progress.total_bytes,
+                "started_at": iso_time(self.started_at), "finished_at": iso_time(self.finished_at),
+                "error": self.error, "message": self.message}
+
+
+class DownloadManager:
+    """Run pulls in the background, one job per model; publish progress; list, cancel, interrupt."""
+
+    def __init__(self, client: OllamaClient, publish: Publish, *, clock: Callable[[], float] = time.time,
+                 min_interval_s: float = MIN_EVENT_INTERVAL_S, start_wait_s: float = START_WAIT_S):
+        self._client = client
+        self._publish = publish
+        self._clock = clock
+        self.min_interval_s = min_interval_s
+        self._start_wait_s = start_wait_s
+        self._lock = concurrency.Lock()
+        self._jobs: dict[str, DownloadJob] = {}  # keyed by canonical model name
+        self._closed = False
+
+    # -- starting and joining --------------------------------------------------------------
+
+    def start(self, key: str, model_name: str) -> tuple[DownloadJob, bool]:
+        """Start a pull of `model_name` (or join the running one); return (job, joined).
+
+        Waits until Ollama has answered the pull request, so an unreachable Ollama or an HTTP
+        error is raised here (503/502/504) rather than only reported as an event.
+        """
+        with self._lock:
+            if self._closed:
+                raise ApiError("the server is shutting down", status=503)
+            job = self._jobs.get(key)
+            joined = job is not None and job.running
+            if not joined:
+                job = DownloadJob(model_name=model_name, started_at=self._clock(), started=concurrency.Lock(0))
+                self._jobs[key] = job
+                job.thread = concurrency.spawn(self._run, job)
+        # Wait for the upstream's answer; a joiner waits on the same signal (released again below).
+        if job.started.acquire(timeout=self._start_wait_s):
+            job.started.release()
+        if job.start_error is not None:
+            raise job.start_error
+        return job, joined
+
+    def _run(self, job: DownloadJob) -> None:
+        """Read one pull stream to its end (the green thread's body)."""
+        try:
+            try:
+                stream = self._client.pull(job.model_name)
+            except ApiError as exc:
+                job.start_error = exc
+                self._finish(job, ERROR, error=exc.message)
+                return
+            finally:
+                job.started.release()
+            with self._lock:
+                if not job.running:  # cancelled or shut down while the request was in flight
+                    stream.close()
+                    return
+                job.stream = stream
+            self._publish_now(job)  # status: downloading, "Download started"
+            self._read(job, stream)
+        finally:
+            if job.stream is not None:
+                job.stream.close()
+
+    def _read(self, job: DownloadJob, stream: PullStream) -> None:
+        try:
+            for line in stream:
+                if not job.running:
+                    return
+                error = line.get("error")
+                if error is not None:
+                    self._finish(job, ERROR, error=f"Ollama: {error}")
+                    return
+                status = line.get("status")
+                if status == "success":
+                    job.progress.finish()
+                    self._finish(job, COMPLETE, message="Download complete")
+                    return
+                changed = job.progress.update(line)
+                if isinstance(status, str) and status != job.message:
+                    job.message = status
+                    changed = True
+                if changed:
+                    self._publish_throttled(job)
+        except ApiError as exc:
+            if job.running:
+                self._finish(job, ERROR, error=exc.message)
+            return
+        except OSError as exc:  # a socket closed under the reader by cancel() or shutdown()
+            if job.running:
+                self._finish(job, ERROR, error=f"the connection to Ollama broke: {exc}")
+            return
+        if job.running:
+            self._finish(job, ERROR, error="Ollama ended the pull stream without reporting success "
+                                           "(Ollama stopped or restarted?)")
+
+    # -- finishing ---------------------------------------------------------------------------
+
+    def _finish(self, job: DownloadJob, status: str, *, message: str | None = None,
+                error: str | None = None) -> bool:
+        """Move a running job to its final status and publish that at once; False if it had ended."""
+        with self._lock:
+            if not job.running:
+                return False
+            job.status = status
+            job.error = error
+            job.message = message or error or status
+            job.finished_at = self._clock()
+        # A pending flusher finds nothing dirty after this publish, so it sends nothing after it.
+        if error:
+            log.warning("download of %s failed: %s", job.model_name, error)
+        self._publish_now(job)
+        return True
+
+    def cancel(self, key: str) -> DownloadJob:
+        """Cancel the running pull of a model: close the upstream stream, mark it cancelled."""
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is None or not job.running:
+                raise NotFoundError("no download of this model is running")
+            stream = job.stream
+        self._finish(job, CANCELLED, message="Download cancelled")
+        if stream is not None:
+            stream.close()  # Ollama cancels a pull when its last client goes away
+        return job
+
+    def shutdown(self) -> None:
+        """Mark running jobs interrupted (publishing that) and stop their readers."""
+        with self._lock:
+            self._closed = True
+            running = [job for job in self._jobs.values() if job.running]
+        for job in running:
+            self._finish(job, ERROR, error=SHUTDOWN_MESSAGE)
+            if job.stream is not None:
+                job.stream.close()  # the reader wakes, sees the job ended, and returns
+            else:
+                concurrency.kill(job.thread)  # still waiting for Ollama to answer the pull
+
+    # -- reading back --------------------------------------------------------------------------
+
+    def is_running(self, key: str) -> bool:
+        with self._lock:
+            job = self._jobs.get(key)
+            return job is not None and job.running
+
+    def list(self) -> list[dict[str, Any]]:
+        """Running jobs and those that finished in the last hour, oldest first."""
+        now = self._clock()
+        with self._lock:
+            for key in [k for k, j in self._jobs.items()
+                        if j.finished_at is not None and now - j.finished_at > FINISHED_RETENTION_S]:
+                del self._jobs[key]
+            jobs = sorted(self._jobs.values(), key=lambda j: j.started_at)
+            return [job.summary() for job in jobs]
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def _publish_throttled(self, job: DownloadJob) -> None:
+        now = concurrency.monotonic()
+        with self._lock:
+            wait = job.last_emit + self.min_interval_s - now
+            if wait > 0:
+                job.dirty = True
+                if job.flusher is None:
+                    job.flusher = concurrency.spawn(self._flush_later, job, wait)
+                return
+        self._publish_now(job)
+
+    def _flush_later(self, job: DownloadJob, delay_s: float) -> None:
+        concurrency.sleep(delay_s)
+        with self._lock:
+            job.flusher = None
+        self._publish_now(job, only_if_dirty=True)
+
+    def _publish_now(self, job: DownloadJob, *, only_if_dirty: bool = False) -> None:
+        # emit_lock keeps one job's events in the order their payloads were taken.
+        with job.emit_lock:
+            with self._lock:
+                if only_if_dirty and not job.dirty:
+                    return
+                job.dirty = False
+                job.last_emit = concurrency.monotonic()
+                payload = job.event()
+            self._publish(EVENT, payload)
+

@@ -1,0 +1,238 @@
+"""The dashboard's own Ollama model routes, under /api/models/ollama (auth is enforced app-wide)."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import socket
+from typing import Any, Callable, Iterator, TypeVar
+
+from flask import Blueprint, current_app, request
+
+import concurrency
+from config import parse_keep_alive
+from errors import ApiError, BadRequestError, ConflictError, NotFoundError, OllamaError
+from jsonbody import read_json_object, require_string
+from ollama_client.formatting import human_bytes, processor, short_id
+from ollama_client.names import MAX_NAME, ModelName, canonical_or_none, parse_model_name
+
+log = logging.getLogger(__name__)
+bp = Blueprint("ollama_models", __name__, url_prefix="/api/models/ollama")
+T = TypeVar("T")
+DISCONNECT_POLL_S = 0.2
+
+
+class ClientGoneError(ApiError):
+    """The client hung up while we waited on Ollama (nobody reads this answer)."""
+
+    status = 499
+
+
+def _services():
+    return current_app.extensions["dashboard"]
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def model_operation(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Give every error of a model operation the contract's shape {success, message, model_name, error}."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any):
+        try:
+            return view(*args, **kwargs)
+        except ApiError as exc:
+            body = request.get_json(silent=True)
+            raw_name = body.get("model_name") if isinstance(body, dict) else None
+            exc.extra = {"success": False, "message": exc.message,
+                         "model_name": raw_name if isinstance(raw_name, str) else "", **exc.extra}
+            raise
+
+    return wrapper
+
+
+def _ok(message: str, name: ModelName | str, status: int = 200):
+    return {"success": True, "message": message, "model_name": str(name)}, status
+
+
+def _read_model_name() -> tuple[dict[str, Any], ModelName]:
+    """Read the JSON body and validate its model_name with the one validator."""
+    body = read_json_object()
+    raw = require_string(body, "model_name", max_length=MAX_NAME)
+    return body, parse_model_name(raw, _services().config.ollama_allowed_registries)
+
+
+@contextlib.contextmanager
+def _ollama_404_means(message: str) -> Iterator[None]:
+    """Turn Ollama's 404 into our 404 (with Ollama's text); other Ollama errors stay 502."""
+    try:
+        yield
+    except OllamaError as exc:
+        if exc.upstream_status == 404:
+            raise NotFoundError(f"{message} ({exc.message})") from None
+        raise
+
+
+def _client_socket() -> Any:
+    """Return the client's socket under eventlet's WSGI server (None under the test client)."""
+    stream = request.environ.get("eventlet.input")
+    sock = getattr(stream, "_sock", None)
+    return getattr(sock, "fd", sock)  # the real socket under eventlet's GreenSocket
+
+
+def _peer_closed(sock: Any) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _call_while_client_waits(fn: Callable[[], T]) -> T:
+    """Run a long upstream call; if the client hangs up meanwhile, abort it (closing Ollama's request)."""
+    sock = _client_socket()
+    if sock is None:
+        return fn()
+    done = concurrency.Lock(0)
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = fn()
+        except Exception as exc:  # handed to the waiting request, which raises it  # noqa: BLE001
+            outcome["error"] = exc
+        finally:
+            done.release()
+
+    worker = concurrency.spawn(work)
+    while not done.acquire(timeout=DISCONNECT_POLL_S):
+        if _peer_closed(sock):
+            concurrency.kill(worker)  # unwinds the upstream request, closing its connection
+            log.info("client left during %s %s; upstream request aborted", request.method, request.path)
+            raise ClientGoneError("client disconnected; request to Ollama aborted")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+@bp.get("/list")
+def list_models():
+    """Downloaded models, as `ollama list` shows them."""
+    models = [_downloaded(m) for m in _services().ollama.list_models()]
+    return {"models": models, "count": len(models)}
+
+
+def _downloaded(model: dict[str, Any]) -> dict[str, Any]:
+    details = model.get("details") if isinstance(model.get("details"), dict) else {}
+    size = _int(model.get("size"))
+    return {"name": model.get("name") or model.get("model") or "", "id": short_id(str(model.get("digest", ""))),
+            "size": human_bytes(size), "size_bytes": size, "modified_at": model.get("modified_at"),
+            "family": details.get("family"), "parameter_size": details.get("parameter_size"),
+            "quantization": details.get("quantization_level")}
+
+
+@bp.get("/loaded")
+def loaded_models():
+    """Models in memory, as `ollama ps` shows them."""
+    models = [_loaded(m) for m in _services().ollama.list_loaded()]
+    return {"models": models, "count": len(models)}
+
+
+def _loaded(model: dict[str, Any]) -> dict[str, Any]:
+    size, size_vram = _int(model.get("size")), _int(model.get("size_vram"))
+    return {"name": model.get("name") or model.get("model") or "", "id": short_id(str(model.get("digest", ""))),
+            "size": human_bytes(size), "processor": processor(size, size_vram), "size_bytes": size,
+            "size_vram_bytes": size_vram, "expires_at": model.get("expires_at")}
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+# -- model operations --------------------------------------------------------------------------
+
+@bp.post("/load")
+@model_operation
+def load_model():
+    """Load a model into memory; answers once Ollama has loaded it."""
+    body, name = _read_model_name()
+    services = _services()
+    keep_alive = _keep_alive(body, services.config.ollama_load_keep_alive)
+    with _ollama_404_means(f"model {name} is not downloaded; download it first"):
+        _call_while_client_waits(lambda: services.ollama.load(str(name), keep_alive))
+    return _ok(f"Model {name} loaded", name)
+
+
+def _keep_alive(body: dict[str, Any], default: str | int) -> str | int | float:
+    raw = body.get("keep_alive")
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise BadRequestError("field keep_alive must be a duration string (5m, 1h) or a number of seconds")
+    try:
+        return parse_keep_alive(raw)
+    except ValueError as exc:
+        raise BadRequestError(f"field keep_alive {exc}") from None
+
+
+@bp.post("/unload")
+@model_operation
+def unload_model():
+    """Unload a model from memory (success, saying so, when it was not loaded)."""
+    _, name = _read_model_name()
+    client = _services().ollama
+    loaded = {canonical_or_none(str(m.get("name") or m.get("model") or "")) for m in client.list_loaded()}
+    if name.canonical not in loaded:
+        return _ok(f"Model {name} was not loaded", name)
+    try:
+        client.unload(str(name))
+    except OllamaError as exc:
+        if exc.upstream_status != 404:
+            raise
+        return _ok(f"Model {name} was not loaded", name)  # deleted between /api/ps and now
+    return _ok(f"Model {name} unloaded", name)
+
+
+@bp.post("/download")
+@model_operation
+def download_model():
+    """Start downloading a model (202), or join the download already running."""
+    _, name = _read_model_name()
+    _, joined = _services().downloads.start(name.canonical, str(name))
+    if joined:
+        return _ok("Download already in progress; joined it", name, 202)
+    return _ok("Download started", name, 202)
+
+
+@bp.get("/downloads")
+def list_downloads():
+    """Running downloads and those finished in the last hour."""
+    return {"downloads": _services().downloads.list()}
+
+
+@bp.post("/download/cancel")
+@model_operation
+def cancel_download():
+    """Cancel a running download."""
+    _, name = _read_model_name()
+    try:
+        _services().downloads.cancel(name.canonical)
+    except NotFoundError:
+        raise NotFoundError(f"no download of {name} is running") from None
+    return _ok("Download cancelled", name)
+
+
+@bp.post("/delete")
+@model_operation
+def delete_model():
+    """Delete a downloaded model."""
+    _, name = _read_model_name()
+    services = _services()
+    if services.downloads.is_running(name.canonical):
+        raise ConflictError(f"a download of {name} is running; cancel it first")
+    with _ollama_404_means(f"model {name} is not downloaded"):
+        services.ollama.delete(str(name))
+    return _ok(f"Model {name} deleted", name)

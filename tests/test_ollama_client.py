@@ -1,0 +1,215 @@
+"""OllamaClient against the fake Ollama over real HTTP: typed calls, the two transport errors, open_raw."""
+import hashlib
+import http.client
+import json
+import statistics
+import time
+
+import pytest
+
+import concurrency
+from errors import OllamaError, OllamaTimeoutError, OllamaUnavailableError
+from ollama_client.client import OllamaClient
+
+
+def layer_hex(model, index):
+    """The 12 hex digits the fake names layer `index` of `model` with."""
+    return hashlib.sha256(f"{model}/{index}".encode()).hexdigest()[:12]
+
+
+@pytest.fixture
+def client(fake_ollama):
+    ollama = OllamaClient(fake_ollama.url, timeout=(2.0, 0.5), reachable_cache_s=0.2)
+    yield ollama
+    ollama.close()
+
+
+def test_typed_calls_speak_ollamas_protocol(client, fake_ollama):
+    assert client.version() == "0.6.8"
+    assert [m["name"] for m in client.list_models()] == ["llama3.2:latest", "qwen2.5-coder:7b", "all-minilm:latest"]
+    assert client.list_loaded() == []
+    assert client.show("llama3.2")["details"]["family"] == "llama"
+
+    assert client.load("llama3.2", "5m")["done_reason"] == "load"
+    assert [m["name"] for m in client.list_loaded()] == ["llama3.2:latest"]
+    assert client.unload("llama3.2")["done_reason"] == "unload"
+    client.delete("all-minilm")
+
+    generate = fake_ollama.requests("/api/generate")
+    assert [json.loads(r["body"]) for r in generate] == [
+        {"model": "llama3.2", "keep_alive": "5m", "stream": False},
+        {"model": "llama3.2", "keep_alive": 0, "stream": False},
+    ]
+    delete = fake_ollama.requests("/api/delete")[0]
+    assert (delete["method"], json.loads(delete["body"])) == ("DELETE", {"model": "all-minilm"})
+    assert generate[0]["headers"]["User-Agent"] == "vram-dashboard"
+    assert "Authorization" not in generate[0]["headers"]
+
+
+def test_ollama_error_status_and_message_are_kept(client, fake_ollama):
+    with pytest.raises(OllamaError) as caught:
+        client.load("nope", -1)
+    assert (caught.value.status, caught.value.upstream_status) == (502, 404)
+    assert caught.value.message == "Ollama: model 'nope' not found"
+
+    fake_ollama.set_behaviour(fail={"/api/tags": {"status": 500, "error": "disk full"}})
+    with pytest.raises(OllamaError) as caught:
+        client.list_models()
+    assert (caught.value.upstream_status, caught.value.message) == (500, "Ollama: disk full")
+
+
+def test_unreachable_ollama_is_503_naming_ollama_host(client, fake_ollama):
+    fake_ollama.stop()
+    with pytest.raises(OllamaUnavailableError) as caught:
+        client.list_models()
+    assert caught.value.status == 503
+    assert caught.value.message == (f"Ollama is not reachable at {fake_ollama.url}: connection refused. "
+                                    "Start Ollama (`ollama serve`) or set OLLAMA_HOST to its address.")
+
+
+def test_unknown_host_is_503_too():
+    ollama = OllamaClient("http://no-such-host.invalid:11434")
+    with pytest.raises(OllamaUnavailableError, match="cannot resolve the host name.*OLLAMA_HOST"):
+        ollama.version()
+
+
+def test_silent_ollama_is_504(client, fake_ollama):
+    fake_ollama.set_behaviour(delay_s={"/api/tags": 2.0})
+    started = time.monotonic()
+    with pytest.raises(OllamaTimeoutError) as caught:
+        client.list_models()
+    assert 0.4 < time.monotonic() - started < 1.5
+    assert caught.value.status == 504
+    assert caught.value.message.startswith(f"Ollama at {fake_ollama.url} did not answer within 0.5 s (OLLAMA_HOST)")
+
+
+def test_redirects_are_not_followed(client, fake_ollama):
+    fake_ollama.set_behaviour(redirect={"/api/tags": "http://example.com/api/tags"})
+    with pytest.raises(OllamaError, match="HTTP 307 .*not followed"):
+        client.list_models()
+    response = client.open_raw("GET", "/api/tags")
+    assert (response.status_code, response.headers["Location"]) == (307, "http://example.com/api/tags")
+    response.close()
+    assert fake_ollama.count("GET", "/api/tags") == 2
+
+
+def test_environment_proxies_are_ignored(client, fake_ollama, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "")
+    assert client.version() == "0.6.8"
+
+
+def test_is_reachable_is_cached_and_never_raises(client, fake_ollama):
+    assert client.is_reachable() is True
+    fake_ollama.stop()
+    assert client.is_reachable() is True  # still the cached answer
+    time.sleep(0.25)
+    assert client.is_reachable() is False
+    assert fake_ollama.running is False
+
+
+def test_open_raw_streams_chunks_as_ollama_sends_them(client, fake_ollama):
+    fake_ollama.set_behaviour(tokens=4, token_interval_s=0.15)
+    started = time.monotonic()
+    response = client.open_raw("POST", "/api/generate", body=b'{"model": "llama3.2", "prompt": "hi"}',
+                               headers={"Content-Type": "application/json"}, timeout=(2, 5))
+    arrivals = []
+    with client.transport_errors():
+        for line in response.iter_lines():
+            arrivals.append((time.monotonic() - started, json.loads(line)))
+    response.close()
+    assert response.headers["Content-Type"] == "application/x-ndjson"
+    assert [a[1]["response"] for a in arrivals] == ["The", " sky", " is", " blue", ""]
+    assert arrivals[0][0] < 0.1      # the first token did not wait for the last
+    assert arrivals[-1][0] >= 0.45
+
+
+def test_open_raw_returns_error_statuses_untouched(client):
+    response = client.open_raw("POST", "/api/show", body=b'{"model": "nope"}')
+    assert (response.status_code, response.json()) == (404, {"error": "model 'nope' not found"})
+    response.close()
+
+
+def test_open_raw_sends_an_iterator_body_chunked(client, fake_ollama):
+    def body():
+        yield b'{"model": "all-minilm", '
+        yield b'"input": "hello"}'
+
+    response = client.open_raw("POST", "/api/embed", body=body(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+    assert len(response.json()["embeddings"][0]) == 8
+    response.close()
+    recorded = fake_ollama.requests("/api/embed")[0]
+    assert recorded["headers"]["Transfer-Encoding"] == "chunked"
+    assert recorded["body"] == '{"model": "all-minilm", "input": "hello"}'
+
+
+def test_open_raw_transport_errors_are_the_two_kinds(client, fake_ollama):
+    fake_ollama.set_behaviour(delay_s={"/api/ps": 2.0})
+    with pytest.raises(OllamaTimeoutError):
+        client.open_raw("GET", "/api/ps", timeout=(1, 0.2))
+    fake_ollama.stop()
+    with pytest.raises(OllamaUnavailableError, match="connection refused"):
+        client.open_raw("GET", "/api/ps")
+
+
+def test_open_raw_refuses_unnormalised_paths(client):
+    for path in ("api/tags", "/api/../api/pull", "/./api/tags", "/api/tags\r\nX: y"):
+        with pytest.raises(ValueError):
+            client.open_raw("GET", path)
+
+
+def test_pull_stream_lines_error_line_and_broken_stream(client, fake_ollama):
+    fake_ollama.set_behaviour(pull={"layers": [100], "lines_per_layer": 2})
+    statuses = [line["status"] for line in client.pull("tiny")]
+    layer = f"pulling {layer_hex('tiny', 0)}"
+    assert statuses == ["pulling manifest", layer, layer, layer, "verifying sha256 digest", "writing manifest",
+                        "success"]
+
+    assert list(client.pull("does-not-exist")) == [{"status": "pulling manifest"},
+                                                    {"error": "pull model manifest: file does not exist"}]
+
+    fake_ollama.set_behaviour(pull={"die_after_lines": 2})
+    lines = []
+    with pytest.raises(OllamaUnavailableError, match="the connection broke mid-response"):
+        for line in client.pull("tiny"):
+            lines.append(line)
+    assert len(lines) == 2
+
+
+def test_closing_a_pull_from_another_green_thread_cancels_it_upstream(client, fake_ollama):
+    fake_ollama.set_behaviour(pull={"hang_after_lines": 2})
+    stream = client.pull("big")
+    seen = []
+
+    def read():
+        try:
+            for line in stream:
+                seen.append(line["status"])
+        except OllamaUnavailableError:
+            seen.append("broken")
+
+    reader = concurrency.spawn(read)
+    time.sleep(0.1)
+    stream.close()
+    reader.wait()
+    assert seen == ["pulling manifest", f"pulling {layer_hex('big', 0)}", "broken"]
+    deadline = time.monotonic() + 2
+    while not fake_ollama.cancelled_pulls() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake_ollama.cancelled_pulls() == ["big"]
+
+
+def test_fake_sets_tcp_nodelay_so_small_replies_are_not_delayed(fake_ollama):
+    # Headers and body go out in two writes; without TCP_NODELAY the second waits ~40 ms for
+    # the client's delayed ACK on a reused connection.
+    connection = http.client.HTTPConnection("127.0.0.1", fake_ollama.port, timeout=5)
+    timings = []
+    for _ in range(20):
+        started = time.perf_counter()
+        connection.request("GET", "/api/version")
+        assert connection.getresponse().read() == b'{"version": "0.6.8"}'
+        timings.append(time.perf_counter() - started)
+    connection.close()
+    assert statistics.median(timings) < 0.02
