@@ -83,8 +83,15 @@ def now_rfc3339() -> str:
 
 
 def full_name(name: str) -> str:
-    """Return the name with Ollama's default tag (`latest`), lower-cased for lookups."""
-    last = name.rsplit("/", 1)[-1]
+    """Return the key Ollama would match a name by: default host/namespace dropped, default tag
+    (`latest`) added, lower-cased (`registry.ollama.ai/library/llama3` == `llama3:latest`)."""
+    parts = name.split("/")
+    if len(parts) == 3 and parts[0].lower() == "registry.ollama.ai":
+        parts = parts[1:]
+    if len(parts) == 2 and parts[0].lower() == "library":
+        parts = parts[1:]
+    name = "/".join(parts)
+    last = parts[-1]
     return (name if ":" in last else name + ":latest").lower()
 
 
