@@ -28,6 +28,7 @@ MIN_EVENT_INTERVAL_S = 0.25  # at most ~4 progress events per second per model
 START_WAIT_S = 10.0
 SHUTDOWN_MESSAGE = "interrupted: server shutting down"
 MAX_RUNNING_PERCENT = 99.9
+SHUTDOWN_FLUSH_S = 0.2
 
 Publish = Callable[[str, dict[str, Any]], None]
 
@@ -258,6 +259,9 @@ class DownloadManager:
                 job.stream.close()  # the reader wakes, sees the job ended, and returns
             else:
                 concurrency.kill(job.thread)  # still waiting for Ollama to answer the pull
+        if running:
+            # Give the socket writers a moment to send the "interrupted" events before exit.
+            concurrency.sleep(SHUTDOWN_FLUSH_S)
 
     # -- reading back --------------------------------------------------------------------------
 
