@@ -294,9 +294,14 @@ class DownloadManager:
         self._publish_now(job)
 
     def _flush_later(self, job: DownloadJob, delay_s: float) -> None:
-        concurrency.sleep(delay_s)
-        with self._lock:
-            job.flusher = None
+        while True:
+            concurrency.sleep(delay_s)
+            with self._lock:
+                # The reader may have published meanwhile (its line came in just as this was due).
+                delay_s = job.last_emit + self.min_interval_s - concurrency.monotonic()
+                if delay_s <= 0 or not job.dirty:
+                    job.flusher = None
+                    break
         self._publish_now(job, only_if_dirty=True)
 
     def _publish_now(self, job: DownloadJob, *, only_if_dirty: bool = False) -> None:
