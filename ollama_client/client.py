@@ -16,6 +16,7 @@ import socket
 from typing import Any, Iterable, Iterator
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 import concurrency
@@ -89,13 +90,13 @@ class OllamaClient:
             yield
         except requests.exceptions.ConnectTimeout as exc:
             raise self._unavailable(f"no connection within {timeout[0] if timeout else '?'} s", exc) from None
-        except requests.exceptions.Timeout as exc:  # ReadTimeout, urllib3 read timeouts
+        except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError):  # read timeouts
             read_s = timeout[1] if timeout else None
             within = f" within {read_s:g} s" if read_s else ""
             raise OllamaTimeoutError(f"Ollama at {self.base_url} did not answer{within} "
                                      "(OLLAMA_HOST); it may be busy loading a model") from None
-        except (requests.exceptions.ChunkedEncodingError,
-                requests.exceptions.ContentDecodingError) as exc:
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
+                urllib3.exceptions.HTTPError) as exc:  # urllib3's own: reading response.raw directly
             raise self._unavailable("the connection broke mid-response (Ollama stopped or restarted?)",
                                     exc) from None
         except requests.exceptions.ConnectionError as exc:

@@ -213,3 +213,28 @@ def test_fake_sets_tcp_nodelay_so_small_replies_are_not_delayed(fake_ollama):
         timings.append(time.perf_counter() - started)
     connection.close()
     assert statistics.median(timings) < 0.02
+
+
+def test_transport_errors_cover_reading_response_raw(client, fake_ollama):
+    # The proxy reads response.raw (urllib3) directly; its errors become the same two kinds.
+    fake_ollama.set_behaviour(pull={"die_after_lines": 2})
+    response = client.open_raw("POST", "/api/pull", body=b'{"model": "x"}')
+    with pytest.raises(OllamaUnavailableError, match="the connection broke mid-response"):
+        with client.transport_errors():
+            for _ in response.raw.stream(1024, decode_content=False):
+                pass
+    response.close()
+
+    fake_ollama.set_behaviour(pull={"die_after_lines": None, "hang_after_lines": 1})
+    response = client.open_raw("POST", "/api/pull", body=b'{"model": "x"}', timeout=(1, 0.3))
+    with pytest.raises(OllamaTimeoutError, match="did not answer within 0.3 s"):
+        with client.transport_errors((1, 0.3)):
+            for _ in response.raw.stream(1024, decode_content=False):
+                pass
+    response.close()
+
+
+def test_fake_rolls_a_layer_back_when_asked(client, fake_ollama):
+    fake_ollama.set_behaviour(pull={"layers": [1000], "lines_per_layer": 4, "rollback_after_lines": 3})
+    completed = [line["completed"] for line in client.pull("x") if "completed" in line]
+    assert completed == [0, 250, 500, 375, 750, 1000]
