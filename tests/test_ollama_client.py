@@ -238,3 +238,34 @@ def test_fake_rolls_a_layer_back_when_asked(client, fake_ollama):
     fake_ollama.set_behaviour(pull={"layers": [1000], "lines_per_layer": 4, "rollback_after_lines": 3})
     completed = [line["completed"] for line in client.pull("x") if "completed" in line]
     assert completed == [0, 250, 500, 375, 750, 1000]
+
+
+def test_fake_speaks_chat_embed_and_openai_endpoints(client, fake_ollama):
+    fake_ollama.set_behaviour(tokens=2)
+
+    def call(path, body, method="POST"):
+        response = client.open_raw(method, path, body=json.dumps(body).encode() if body is not None else None,
+                                   headers={"Content-Type": "application/json"})
+        with client.transport_errors():
+            content = response.content
+        response.close()
+        return response.status_code, response.headers["Content-Type"], content.decode()
+
+    status, kind, text = call("/api/chat", {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]})
+    chunks = [json.loads(line) for line in text.splitlines()]
+    assert (status, kind) == (200, "application/x-ndjson")
+    assert [c["message"]["content"] for c in chunks] == ["The", " sky", ""] and chunks[-1]["done"] is True
+
+    status, kind, text = call("/v1/chat/completions", {"model": "llama3.2", "stream": True, "messages": []})
+    events = [e[len("data: "):] for e in text.split("\n\n") if e]
+    assert (status, kind, events[-1]) == (200, "text/event-stream", "[DONE]")
+    assert [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:-1]] == ["The", " sky", ""]
+
+    assert json.loads(call("/v1/models/llama3.2:latest", None, "GET")[2])["id"] == "llama3.2:latest"
+    assert call("/v1/models/nope", None, "GET")[0] == 404
+    assert len(json.loads(call("/api/embed", {"model": "all-minilm", "input": ["a", "b"]})[2])["embeddings"]) == 2
+    assert len(json.loads(call("/api/embeddings", {"model": "all-minilm", "prompt": "a"})[2])["embedding"]) == 8
+    assert json.loads(call("/v1/embeddings", {"model": "all-minilm", "input": "a"})[2])["data"][0]["index"] == 0
+    assert json.loads(call("/v1/completions", {"model": "llama3.2", "prompt": "x"})[2])["choices"][0]["text"] == \
+        "The sky"
+    assert call("/api/nothing", {})[0:2] == (404, "text/plain; charset=utf-8")
