@@ -89,10 +89,22 @@ def main() -> int:
     services: Services = app.extensions["dashboard"]
     socketio: SocketIO = services.socketio
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt
+    stopping = False
 
-    signal.signal(signal.SIGTERM, stop)
+    def graceful_stop() -> None:
+        services.begin_shutdown()  # "interrupted" events go out before connections close
+        concurrency.interrupt_main()
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        if stopping:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        stopping = True
+        # Signal handlers may not do green I/O; a green thread can.
+        concurrency.spawn(graceful_stop)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     services.poller.tick()  # a first reading before the port opens, so /api/vram/status has one
     services.start_background_tasks()
     log.info("serving on http://%s:%d (Ollama at %s)", config.host, config.port, config.ollama_host)

@@ -9,6 +9,7 @@ from typing import Any, Callable, TypeVar
 
 import eventlet
 import eventlet.tpool
+import greenlet
 from eventlet.semaphore import Semaphore
 
 ASYNC_MODE = "eventlet"
@@ -17,6 +18,8 @@ T = TypeVar("T")
 # time.sleep is green after monkey_patch(); this one blocks the OS thread, like a C call does.
 blocking_sleep = eventlet.patcher.original("time").sleep
 Lock = Semaphore
+# The main green thread of the main OS thread: where `socketio.run` serves.
+_MAIN = greenlet.getcurrent()
 
 
 def os_lock():
@@ -38,6 +41,11 @@ def sleep(seconds: float) -> None:
 def run_in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking call (a C library, bcrypt) in a real OS thread without stalling the hub."""
     return eventlet.tpool.execute(fn, *args, **kwargs)
+
+
+def interrupt_main() -> None:
+    """Raise KeyboardInterrupt in the main green thread, which ends `socketio.run`."""
+    _MAIN.throw(KeyboardInterrupt)
 
 
 def monotonic() -> float:

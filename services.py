@@ -41,9 +41,14 @@ class Services:
         """Start the poller (and anything else that runs on its own)."""
         self.poller.start(self.socketio.start_background_task)
 
+    def begin_shutdown(self) -> None:
+        """Run the shutdown hooks (downloads marked interrupted) while sockets can still hear it."""
+        hooks, self.shutdown_hooks = self.shutdown_hooks, []
+        for hook in reversed(hooks):
+            hook()
+
     def shutdown(self) -> None:
         """Stop background work: downloads marked interrupted, the poller, NVML."""
-        for hook in reversed(self.shutdown_hooks):
-            hook()
+        self.begin_shutdown()
         self.poller.stop()
         self.nvml.shutdown()
