@@ -21,7 +21,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.routing import BaseConverter
 
 from auth.credentials import authenticate
-from errors import ApiError, OllamaTimeoutError, OllamaUnavailableError, PayloadTooLargeError
+from errors import ApiError, BadRequestError, OllamaTimeoutError, OllamaUnavailableError, PayloadTooLargeError
 from ollama_client.proxy_paths import PREFIX, Refusal, resolve
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ bp = Blueprint("ollama_proxy", __name__)
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ROUTE_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-# Only these client headers go upstream; never Authorization, Cookie, Host, Content-Length (the
+# Only these client headers go upstream (Content-Type only with a body); never Authorization, Cookie, Host, Content-Length (the
 # body is re-framed) or hop-by-hop headers (Connection, Keep-Alive, TE, Trailer,
 # Transfer-Encoding, Upgrade, Proxy-*).
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "User-Agent")
@@ -86,7 +86,8 @@ def forward(rest: str) -> Response:
         reader = _BodyReader.from_request(config.max_proxy_request_size)
         body = reader.body()
 
-    headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
+    names = FORWARDED_REQUEST_HEADERS if body is not None else FORWARDED_REQUEST_HEADERS[1:]
+    headers = {name: request.headers[name] for name in names if name in request.headers}
     # Ask for the bytes as they are: nothing to decode, nothing to re-encode, no buffering.
     headers["Accept-Encoding"] = "identity"
     timeout = (config.proxy_timeout_s, config.proxy_timeout_s)
@@ -174,7 +175,10 @@ class _BodyReader:
         return self._error_for(self.limit)
 
     def read(self, size: int) -> bytes:
-        data = self.stream.read(size)
+        try:
+            data = self.stream.read(size)
+        except (OSError, ValueError) as exc:  # the client hung up mid-body, or sent broken chunks
+            raise BadRequestError(f"request body ended early or is malformed: {exc}") from None
         self.total += len(data)
         if self.total > self.limit:
             # Stop here: Ollama gets at most `limit` bytes of a chunked upload it cannot finish.

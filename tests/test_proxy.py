@@ -191,6 +191,7 @@ def test_the_query_string_is_dropped(client, auth, fake_ollama):
     assert client.get("/ollama/api/tags?limit=1&redirect=http://evil", headers=auth.headers()).status_code == 200
     (record,) = fake_ollama.requests("/api/tags")
     assert record["query"] == ""
+    assert "Content-Type" not in record["headers"]  # no body, no content type
 
 
 # -- limits -----------------------------------------------------------------------------------

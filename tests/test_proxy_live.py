@@ -208,6 +208,17 @@ def test_a_chunked_body_over_the_limit_is_413_and_ollama_never_gets_it_whole(ser
         assert not record["body"].endswith('"}')
 
 
+def test_a_malformed_chunked_body_is_400_and_never_forwarded(server, fake):
+    headers = {**server.headers(), "Transfer-Encoding": "chunked", "Content-Type": "application/json"}
+    lines = [b"POST /ollama/api/generate HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
+    lines += [f"{k}: {v}".encode() for k, v in headers.items()]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\nzz-not-hex\r\n{}\r\n0\r\n\r\n")
+        reply = sock.recv(4096)
+    assert reply.split(b" ", 2)[1] == b"400"
+    assert fake.requests() == []
+
+
 def test_a_declared_body_over_the_limit_is_413(server, fake):
     body = json.dumps({"model": "llama3.2", "prompt": "x" * LIMIT_BYTES}).encode()
     response = requests.post(f"{server.url}/ollama/api/generate", headers=server.headers(), data=body, timeout=10)
