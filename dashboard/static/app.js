@@ -12,6 +12,7 @@ const chart = new VramChart();
 const models = new ModelsPanel();
 let socket = null;
 let live = false;
+let generation = 0;  // bumped by every start and stop, so a stale start gives up
 
 // --- views -------------------------------------------------------------------------------------
 
@@ -81,6 +82,7 @@ $('login-form').addEventListener('submit', async (event) => {
 $('logout-button').addEventListener('click', async () => {
   const button = $('logout-button');
   button.disabled = true;
+  stopLive();  // first, so the server closing our socket is not taken for an expired session
   try {
     await post('/api/auth/logout');
   } catch (failure) {
@@ -105,18 +107,19 @@ function setLive(state, text) {
 async function startLive() {
   if (live) return;
   live = true;
+  const run = ++generation;
   gpus.reset();
   chart.reset();
   models.start();
   setLive('connecting', 'Connecting…');
   try {
     const samples = await loadHistory();
-    if (live) chart.seed(samples);
+    if (run === generation) chart.seed(samples);
   } catch (failure) {
     if (failure.status === 401) return;
     console.warn('history:', failure.message);
   }
-  if (live) connectSocket();
+  if (run === generation) connectSocket();
 }
 
 /** The samples the chart's window needs: two first, to learn the poll interval. */
@@ -167,6 +170,7 @@ async function verifySession() {
 
 function stopLive() {
   live = false;
+  generation += 1;
   if (socket) {
     socket.removeAllListeners();
     socket.disconnect();

@@ -33,7 +33,9 @@ export class ModelsPanel {
     this.jobs = new Map();     // model name -> {job, view}
     this.busy = new Set();     // "action:model" pairs in flight, so buttons stay disabled
     this.timer = null;
+    this.active = false;
     this.refreshing = null;
+    this.followUp = null;
     this.available = [];
     this.loaded = [];
 
@@ -45,12 +47,14 @@ export class ModelsPanel {
   }
 
   start() {
+    this.active = true;
     this.refresh();
     this.refreshDownloads();
     this.timer = window.setInterval(() => this.refresh(), REFRESH_MS);
   }
 
   stop() {
+    this.active = false;
     window.clearInterval(this.timer);
     this.timer = null;
     this.jobs.clear();
@@ -89,19 +93,30 @@ export class ModelsPanel {
 
   // --- lists ---------------------------------------------------------------------------------
 
-  /** Fetch both lists (one refresh at a time). */
+  /** Fetch both lists. One request pair at a time; a call during one gets a fresh one after it. */
   refresh({announceDone = false} = {}) {
+    if (!this.active) return Promise.resolve();
+    let done;
     if (!this.refreshing) {
       this.refreshing = Promise.all([this.refreshAvailable(), this.refreshLoaded()])
         .finally(() => { this.refreshing = null; });
+      done = this.refreshing;
+    } else {
+      // The one in flight may have been asked before the change we want to see (an action).
+      this.followUp ??= this.refreshing.then(() => {
+        this.followUp = null;
+        return this.refresh();
+      });
+      done = this.followUp;
     }
-    if (announceDone) this.refreshing.then(() => announce('Model lists refreshed.'));
-    return this.refreshing;
+    if (announceDone) done.then(() => announce('Model lists refreshed.'));
+    return done;
   }
 
   async refreshAvailable() {
     try {
       const data = await get(`${BASE}/list`);
+      if (!this.active) return;  // logged out meanwhile
       this.noteReachable();
       this.available = data.models || [];
       setText(this.availableCount, `(${this.available.length})`);
@@ -114,6 +129,7 @@ export class ModelsPanel {
   async refreshLoaded() {
     try {
       const data = await get(`${BASE}/loaded`);
+      if (!this.active) return;  // logged out meanwhile
       this.noteReachable();
       this.loaded = data.models || [];
       setText(this.loadedCount, `(${this.loaded.length})`);
@@ -125,7 +141,7 @@ export class ModelsPanel {
   }
 
   listFailed(error, tbody, columns, count) {
-    if (error.status === 401) return;
+    if (error.status === 401 || !this.active) return;
     const down = this.noteFailure(error);
     setText(count, '');
     // Never "no models" when we simply could not ask.
@@ -233,8 +249,10 @@ export class ModelsPanel {
   // --- downloads -----------------------------------------------------------------------------
 
   async refreshDownloads() {
+    if (!this.active) return;
     try {
       const data = await get(`${BASE}/downloads`);
+      if (!this.active) return;
       for (const job of data.downloads || []) this.mergeJob(job, 'snapshot');
     } catch (error) {
       if (error.status !== 401) this.noteFailure(error);
