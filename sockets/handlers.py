@@ -250,11 +250,11 @@ class WebsocketRegistry:
         else:
             # The client is slow: finish this frame in a green thread of its own, still holding the
             # socket's send lock so that nothing else interleaves, and never block the others.
-            concurrency.spawn(_finish_write, ws, lock, frame[sent:])
+            concurrency.spawn(_finish_write, ws, lock, memoryview(frame)[sent:])
         return True
 
 
-def _finish_write(ws, lock, rest: bytes) -> None:
+def _finish_write(ws, lock, rest: memoryview) -> None:
     try:
         ws.socket.sendall(rest)
     except OSError:
