@@ -20,6 +20,7 @@ from typing import Iterable, Iterator
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.routing import BaseConverter
 
+import concurrency
 from auth.credentials import authenticate
 from errors import ApiError, BadRequestError, OllamaTimeoutError, OllamaUnavailableError, PayloadTooLargeError
 from ollama_client.proxy_paths import PREFIX, Refusal, resolve
@@ -42,6 +43,8 @@ RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control")
 # case for chat and generate); larger or still-arriving ones are streamed up chunked.
 SMALL_BODY_BYTES = 64 * 1024
 READ_CHUNK_BYTES = 64 * 1024
+# Most of Ollama's answer the proxy holds for a client that reads slower than Ollama writes.
+MAX_PENDING_BYTES = 256 * 1024
 
 
 class _AnyPath(BaseConverter):
@@ -205,20 +208,76 @@ class _BodyReader:
 
 
 def _relay(client, timeout, upstream, first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Pass chunks on; a silent or broken upstream ends the stream cleanly, a gone client closes it."""
+    """Pass Ollama's body on as it comes; a silent or broken upstream ends it cleanly, a gone client closes it."""
+    pump = _Pump(client, timeout, chunks)
     try:
         if first:
             yield first
-        with client.transport_errors(timeout):
-            for chunk in chunks:
-                yield chunk
-    except (OllamaTimeoutError, OllamaUnavailableError) as exc:
-        # Headers are out: all that is left is to end the stream where Ollama stopped.
-        log.warning("proxy: upstream stream ended early: %s", exc.message)
+        yield from pump.batches()
+        if pump.error is not None:
+            # Headers are out: all that is left is to end the stream where Ollama stopped.
+            log.warning("proxy: upstream stream ended early: %s", pump.error.message)
     finally:
         # Also runs when the client went away (the server closes this generator): closing the
         # upstream connection tells Ollama to stop generating.
+        pump.stop()
         upstream.close()
+
+
+class _Pump:
+    """Read Ollama's chunks in a green thread of their own, so each write sends all that has arrived.
+
+    Relaying chunk by chunk costs one send() and one wake-up of the client per NDJSON line; at
+    full speed Ollama's lines arrive many to a recv(), and the pump hands them over together.
+    Green threads switch only when one waits, so `pending` needs no lock; the two semaphores are
+    the waits: the writer for data, the pump for room once MAX_PENDING_BYTES are unsent (a slow
+    client slows the upstream read instead of filling memory).
+    """
+
+    def __init__(self, client, timeout, chunks: Iterator[bytes]):
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.done = False
+        self.error: OllamaTimeoutError | OllamaUnavailableError | None = None
+        self._ready = concurrency.Lock(0)  # released when `pending` stops being empty, and at the end
+        self._room = concurrency.Lock(0)   # released when the writer has taken `pending` from a full pump
+        self._full = False
+        self._thread = concurrency.spawn(self._run, client, timeout, chunks)
+
+    def _run(self, client, timeout, chunks: Iterator[bytes]) -> None:
+        try:
+            with client.transport_errors(timeout):
+                for chunk in chunks:
+                    if self.pending_bytes >= MAX_PENDING_BYTES:
+                        self._full = True
+                        self._room.acquire()
+                    self.pending.append(chunk)
+                    self.pending_bytes += len(chunk)
+                    if len(self.pending) == 1:
+                        self._ready.release()
+        except (OllamaTimeoutError, OllamaUnavailableError) as exc:
+            self.error = exc
+        finally:
+            self.done = True
+            self._ready.release()
+
+    def batches(self) -> Iterator[bytes]:
+        """Yield everything that has arrived since the last batch, until Ollama's body ends."""
+        while True:
+            self._ready.acquire()
+            if self.pending:
+                batch = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
+                self.pending.clear()
+                self.pending_bytes = 0
+                if self._full:
+                    self._full = False
+                    self._room.release()
+                yield batch
+            if self.done and not self.pending:
+                return
+
+    def stop(self) -> None:
+        concurrency.kill(self._thread)
 
 
 def _copy_response_headers(upstream, response: Response) -> None:

@@ -87,6 +87,14 @@ def test_official_client_generate_streams_token_by_token(client, fake):
     assert min(gaps) > 0.08, gaps
 
 
+def test_a_full_speed_stream_arrives_whole_and_in_order(client, fake):
+    fake.set_behaviour(tokens=3000, token_interval_s=0)
+    parts = list(client.generate(model="llama3.2", prompt="go", stream=True))
+    assert len(parts) == 3001 and parts[-1].done and parts[-1].eval_count == 3000
+    words = ["The", " sky", " is", " blue", " because", " of", " Rayleigh", " scattering", "."]
+    assert [p.response for p in parts[:-1]] == [words[i % len(words)] for i in range(3000)]
+
+
 def test_official_client_chat_and_embed(client, fake):
     answer = client.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
     assert answer.message.content == "The sky is blue because"
