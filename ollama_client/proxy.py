@@ -31,9 +31,9 @@ bp = Blueprint("ollama_proxy", __name__)
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ROUTE_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-# Only these client headers go upstream (Content-Type only with a body); never Authorization, Cookie, Host, Content-Length (the
-# body is re-framed) or hop-by-hop headers (Connection, Keep-Alive, TE, Trailer,
-# Transfer-Encoding, Upgrade, Proxy-*).
+# Only these client headers go upstream (Content-Type only with a body); never Authorization,
+# Cookie, Host, Content-Length (the body is re-framed) or hop-by-hop headers (Connection,
+# Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade, Proxy-*).
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "User-Agent")
 # Only these upstream headers come back (Content-Length too, when Ollama sent one and did not
 # chunk); never Set-Cookie, Location (redirects are not followed), Content-Encoding (bodies are
