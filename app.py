@@ -87,8 +87,6 @@ def main() -> int:
     _configure_logging(config.log_level)
     app = create_app(config)
     services: Services = app.extensions["dashboard"]
-    socketio: SocketIO = services.socketio
-
     stopping = False
 
     def graceful_stop() -> None:
@@ -109,11 +107,8 @@ def main() -> int:
     services.start_background_tasks()
     log.info("serving on http://%s:%d (Ollama at %s)", config.host, config.port, config.ollama_host)
     try:
-        socketio.run(app, host=config.host, port=config.port, debug=False, use_reloader=False,
-                     log_output=config.log_level == "DEBUG",
-                     # Flush streamed output at once (eventlet otherwise holds back 4 KiB), and
-                     # lift eventlet's default cap of 1,024 concurrent connections.
-                     minimum_chunk_size=1, max_size=config.max_connections)
+        concurrency.serve(app, config.host, config.port, log_output=config.log_level == "DEBUG",
+                          max_connections=config.max_connections)
     except KeyboardInterrupt:
         pass
     except OSError as exc:
