@@ -112,3 +112,14 @@ class AuthActions:
 @pytest.fixture
 def auth(client):
     return AuthActions(client)
+
+
+@pytest.fixture
+def api(client, auth):
+    """Call a model route with credentials: api("post", "load", json=...)."""
+    headers = auth.headers()
+
+    def call(method, route, **kwargs):
+        return getattr(client, method)(f"/api/models/ollama/{route}", headers=headers, **kwargs)
+
+    return call

@@ -24,15 +24,6 @@ def config_overrides(fake_ollama):
     return {"ollama_host": fake_ollama.url}
 
 
-@pytest.fixture
-def api(client, auth):
-    headers = auth.headers()
-
-    def call(method, route, **kwargs):
-        return getattr(client, method)(f"{BASE}/{route}", headers=headers, **kwargs)
-
-    return call
-
 
 class Recorder:
     """Record every model_download_progress broadcast with its arrival time (and pass it on)."""

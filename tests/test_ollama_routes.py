@@ -22,16 +22,6 @@ def config_overrides(fake_ollama, request):
     return {"ollama_host": fake_ollama.url, **getattr(request, "param", {})}
 
 
-@pytest.fixture
-def api(client, auth):
-    """Call a model route with credentials: api("post", "load", json=...)."""
-    headers = auth.headers()
-
-    def call(method, route, **kwargs):
-        return getattr(client, method)(f"{BASE}/{route}", headers=headers, **kwargs)
-
-    return call
-
 
 def model_api_requests(fake):
     """Requests the fake received on Ollama's API (not its control paths)."""
