@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from tests.conftest import PASSWORD, USERNAME
 
 STATIC_TOKEN = "static-proxy-token-0123456789"
 
