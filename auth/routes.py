@@ -5,7 +5,7 @@ import hmac
 import logging
 
 import bcrypt
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Blueprint, Flask, current_app, jsonify, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
@@ -24,6 +24,9 @@ def init_limiter(app: Flask) -> Limiter:
     config = app.extensions["dashboard"].config
     limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", strategy="moving-window",
                       headers_enabled=True, default_limits=[])
+    # Only the login is limited; skipping the limiter's bookkeeping elsewhere keeps the proxy and
+    # the status route cheap.
+    limiter.request_filter(lambda: request.endpoint != "auth.login")
     limit = f"{config.login_max_failures} per {config.login_window_s} seconds"
     # Only failed attempts count, so a user who logs in correctly is never locked out by it.
     app.view_functions["auth.login"] = limiter.limit(
