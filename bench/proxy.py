@@ -1,0 +1,169 @@
+"""2. Proxy: streaming /api/generate through /ollama against direct to the fake, nginx as the floor.
+
+The fake Ollama and the load generator share the load core; the proxy under test (the dashboard,
+or nginx) has the other core. Every repetition runs each way in turn, so each ratio compares
+figures taken seconds apart.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.common import (LOAD_CPU, REPETITIONS, REPO, SERVER_CPU, Fakes, ProcSampler, Spread, log, percentile,
+                          pinned, start_dashboard, wait_for)
+from tests.fakes.fake_ollama import FakeOllama
+from tests.live import free_port
+
+SECONDS = 1.5
+TOKENS = 200
+PACED_TOKENS = 30
+PACED_INTERVAL_S = 0.01       # 100 tokens/s per stream: a fast model, as users see it
+# (label, streams, tokens per answer, seconds between tokens): the fake at full speed, then paced.
+CASES = (("1", 1, TOKENS, 0.0), ("8", 8, TOKENS, 0.0), ("8 paced", 8, PACED_TOKENS, PACED_INTERVAL_S))
+TARGET_ADDED_P50_MS = 0.5
+TARGET_RATIO = 0.9
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+master_process off;
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream ollama {{ server 127.0.0.1:{upstream}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location /ollama/ {{
+            proxy_pass http://ollama/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """nginx as a loopback reverse proxy (one process, no master), pinned to the server core."""
+
+    def __init__(self, workdir: Path, upstream_port: int):
+        self.dir = workdir / "nginx"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        conf = self.dir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=self.dir, upstream=upstream_port, port=self.port))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        with pinned(SERVER_CPU):
+            self.proc = subprocess.Popen([nginx, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "error.log")],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        import socket
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx exited: {self.proc.stderr.read().decode()}")
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(up, 10, what="nginx")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/ollama"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_load(url: str, streams: int, token: str | None = None, tokens: int = TOKENS) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.stream_client", "--url", url + "/api/generate", "--streams", str(streams),
+           "--seconds", str(SECONDS), "--tokens", str(tokens)]
+    if token:
+        cmd += ["--token", token]
+    with pinned(LOAD_CPU):
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=SECONDS + 90, check=True)
+    result = json.loads(out.stdout)
+    ttfl = result.pop("ttfl_ms")
+    result["ttfl_p50_ms"] = percentile(ttfl, 50)
+    result["ttfl_p99_ms"] = percentile(ttfl, 99)
+    return result
+
+
+def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:
+    with pinned(LOAD_CPU):
+        fake = FakeOllama().start()
+    servers = {}
+    nginx = None
+    try:
+        fake.set_behaviour(tokens=TOKENS, token_interval_s=0.0)
+        servers["proxy"] = start_dashboard(workdir, None, ollama_url=fake.url)
+        servers["proxy+NODELAY"] = start_dashboard(workdir, None, ollama_url=fake.url, nodelay=True)
+        nginx = Nginx(workdir, fake.port)
+        targets = {"direct": (fake.url, None), "nginx": (nginx.url, None)}
+        for name, server in servers.items():
+            targets[name] = (server.url + "/ollama", server.login())
+        for url, token in targets.values():  # warm up: connections, imports, caches
+            run_load(url, 1, token)
+        reps: dict[str, list[dict[str, Any]]] = {case[0]: [] for case in CASES}
+        upstream = {name: [0, 0] for name in targets if name != "direct"}   # [client requests, upstream requests]
+        samplers = {name: ProcSampler(s.proc.pid) for name, s in servers.items()}
+        for rep in range(REPETITIONS):
+            for case, streams, tokens, interval in CASES:
+                fake.set_behaviour(tokens=tokens, token_interval_s=interval)
+                result: dict[str, Any] = {}
+                order = list(targets) if rep % 2 == 0 else list(reversed(targets))
+                for name in order:
+                    before = fake.count("POST", "/api/generate")
+                    url, token = targets[name]
+                    result[name] = run_load(url, streams, token, tokens)
+                    if name in upstream:
+                        upstream[name][0] += result[name]["requests"]
+                        upstream[name][1] += fake.count("POST", "/api/generate") - before
+                for name in targets:
+                    if name != "direct":
+                        result[name]["ratio"] = result[name]["lines_per_s"] / result["direct"]["lines_per_s"]
+                        result[name]["added_p50_ms"] = result[name]["ttfl_p50_ms"] - result["direct"]["ttfl_p50_ms"]
+                        result[name]["added_p99_ms"] = result[name]["ttfl_p99_ms"] - result["direct"]["ttfl_p99_ms"]
+                reps[case].append(result)
+                log(f"proxy rep {rep + 1}, {case} stream(s): " + ", ".join(
+                    f"{n} {r['lines_per_s']:.0f} lines/s ttfl p50 {r['ttfl_p50_ms']:.2f} ms" for n, r in result.items()))
+        procs = {name: sampler.result() for name, sampler in samplers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+        if nginx is not None:
+            nginx.stop()
+        fake.stop()
+    summary: dict[str, Any] = {"seconds": SECONDS, "tokens": TOKENS, "paced_tokens": PACED_TOKENS,
+                               "paced_interval_s": PACED_INTERVAL_S, "cases": [c[0] for c in CASES],
+                               "target_added_p50_ms": TARGET_ADDED_P50_MS, "target_ratio": TARGET_RATIO,
+                               "upstream_requests": upstream, "server": procs, "by_streams": {}}
+    for case, results in reps.items():
+        row: dict[str, Any] = {"reps": results}
+        for name in targets:
+            row[name] = {metric: Spread.of(r[name][metric] for r in results).to_json()
+                         for metric in ("lines_per_s", "ttfl_p50_ms", "ttfl_p99_ms")}
+            row[name]["errors"] = sum(r[name]["error_count"] for r in results)
+            row[name]["error_samples"] = sorted({e for r in results for e in r[name]["errors"]})[:5]
+            if name != "direct":
+                for metric in ("ratio", "added_p50_ms", "added_p99_ms"):
+                    row[name][metric] = Spread.of(r[name][metric] for r in results).to_json()
+        summary["by_streams"][case] = row
+    return summary

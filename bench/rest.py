@@ -1,0 +1,94 @@
+"""1. REST: GET /api/vram/status against GET /health on the same server, wrk on the other core."""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench.common import (LOAD_CPU, REPETITIONS, Fakes, ProcSampler, Spread, log, start_dashboard,
+                          wait_for_gpus, wrk_duration_ms)
+from bench.scenarios import SCENARIOS
+
+CONNECTIONS = 16
+DURATION_S = 1
+REPS = max(REPETITIONS, 8)   # short runs, finely interleaved: bursts of noise hit both sides alike
+TARGET_RATIO = 0.9
+
+
+def run_wrk(url: str, headers: dict[str, str], duration_s: int = DURATION_S,
+            connections: int = CONNECTIONS) -> dict[str, float]:
+    """Run wrk (one thread, pinned to the load core) and return req/s and latency percentiles."""
+    cmd = ["taskset", "-c", str(LOAD_CPU), "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s",
+           "--timeout", "5s", "--latency"]
+    for name, value in headers.items():
+        cmd += ["-H", f"{name}: {value}"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=duration_s + 30, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    pct = {int(m.group(1)): wrk_duration_ms(m.group(2))
+           for m in re.finditer(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.M)}
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "requests": total, "p50_ms": pct[50], "p99_ms": pct[99],
+            "non_2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else ""}
+
+
+def bench_scenario(fakes: Fakes, workdir: Path, name: str, scenario, gpus: int,
+                   nodelay: bool = False) -> dict[str, Any]:
+    nvml = fakes.nvml(f"rest-{gpus}", scenario)
+    server = start_dashboard(workdir, nvml, nodelay=nodelay)
+    try:
+        body = wait_for_gpus(server, gpus)
+        body_bytes = len(requests.get(server.url + "/api/vram/status", headers=server.headers()).content)
+        auth = server.headers()
+        targets = {"health": (server.url + "/health", {}), "status": (server.url + "/api/vram/status", auth)}
+        for url, headers in targets.values():  # warm up both paths
+            run_wrk(url, headers, duration_s=1)
+        reps: list[dict[str, Any]] = []
+        sampler = ProcSampler(server.proc.pid)
+        for rep in range(REPS):
+            # Alternate the order so that drift in the machine's load does not favour one side.
+            order = ["health", "status"] if rep % 2 == 0 else ["status", "health"]
+            result = {}
+            for key in order:
+                run_sampler = ProcSampler(server.proc.pid)
+                result[key] = run_wrk(*targets[key])
+                used = run_sampler.result()
+                # CPU per request does not count time spent waiting (for a CPU, or on Nagle):
+                # the noise-free half of the picture.
+                result[key]["cpu_us_per_request"] = (used["cpu_percent"] / 100 * used["seconds"] * 1e6
+                                                     / max(result[key]["requests"], 1))
+                result[key]["runqueue_wait_percent"] = used["runqueue_wait_percent"]
+            result["ratio"] = result["status"]["rps"] / result["health"]["rps"]
+            result["cpu_ratio"] = result["health"]["cpu_us_per_request"] / result["status"]["cpu_us_per_request"]
+            reps.append(result)
+            log(f"REST {name}{' +NODELAY' if nodelay else ''} rep {rep + 1}: health {result['health']['rps']:.0f} req/s, "
+                f"status {result['status']['rps']:.0f} req/s, ratio {result['ratio']:.3f}")
+        proc = sampler.result()
+    finally:
+        server.stop()
+    summary = {
+        "scenario": name, "gpus": gpus, "nodelay": nodelay, "processes": len(body.get("processes", [])),
+        "status_body_bytes": body_bytes, "reps": reps, "server": proc,
+        "ratio": Spread.of(r["ratio"] for r in reps).to_json(),
+        "cpu_ratio": Spread.of(r["cpu_ratio"] for r in reps).to_json(),
+    }
+    for key in ("health", "status"):
+        for metric in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "runqueue_wait_percent"):
+            summary[f"{key}_{metric}"] = Spread.of(r[key][metric] for r in reps).to_json()
+    summary["errors"] = sum(r[k]["non_2xx"] for r in reps for k in ("health", "status"))
+    summary["verdict"] = summary["ratio"]["median"] >= TARGET_RATIO
+    return summary
+
+
+def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:
+    """Measure the server as shipped and, beside it, with TCP_NODELAY (bench/nodelay_server.py)."""
+    return {
+        "connections": CONNECTIONS, "duration_s": DURATION_S, "repetitions": REPS, "target_ratio": TARGET_RATIO,
+        "scenarios": [bench_scenario(fakes, workdir, name, make(), gpus, nodelay)
+                      for name, make, gpus in SCENARIOS for nodelay in (False, True)],
+    }
