@@ -11,8 +11,10 @@ if __name__ == "__main__":
     eventlet.monkey_patch()
 
 import logging
+import os
 import signal
 import sys
+import time
 
 from flask import Flask
 from flask_socketio import SocketIO
@@ -78,6 +80,9 @@ def _configure_logging(level: str) -> None:
 
 def main() -> int:
     """Validate the configuration, then serve until SIGTERM or Ctrl-C."""
+    # Until the server runs there is nothing to wind down: stop at once, without a traceback.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(0))
     try:
         config = load_config()
     except ConfigError as exc:
@@ -87,19 +92,22 @@ def main() -> int:
     _configure_logging(config.log_level)
     app = create_app(config)
     services: Services = app.extensions["dashboard"]
-    stopping = False
+    stop_requested_at: float | None = None
 
     def graceful_stop() -> None:
         services.begin_shutdown()  # "interrupted" events go out before connections close
         concurrency.interrupt_main()
 
     def on_signal(signum, frame):
-        nonlocal stopping
-        if stopping:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        stopping = True
-        # Signal handlers may not do green I/O; a green thread can.
-        concurrency.spawn(graceful_stop)
+        nonlocal stop_requested_at
+        now = time.monotonic()
+        if stop_requested_at is None:
+            stop_requested_at = now
+            # Signal handlers may not do green I/O; a green thread can.
+            concurrency.spawn(graceful_stop)
+        elif now - stop_requested_at > 1.0:
+            os._exit(1)  # asked again while winding down (a second Ctrl-C): stop now
+        # A repeat within a second is the same request delivered twice (e.g. to the process group).
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -46,8 +46,10 @@ def run_in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 def interrupt_main() -> None:
-    """Raise KeyboardInterrupt in the main green thread, which ends `socketio.run`."""
-    _MAIN.throw(KeyboardInterrupt)
+    """Raise KeyboardInterrupt in the main green thread, which ends the server loop."""
+    # eventlet.kill also reschedules the caller, so it ends normally instead of being left
+    # suspended (a suspended green thread is torn down at exit, with a traceback).
+    eventlet.kill(_MAIN, KeyboardInterrupt)
 
 
 def monotonic() -> float:

@@ -140,3 +140,22 @@ def test_clean_stop_within_five_seconds(start, sig):
     assert elapsed < 5
     assert "Traceback" not in log
     assert server.password not in log and server.login() not in log
+
+
+def test_signal_delivered_twice_stops_cleanly(start):
+    """`timeout` and some supervisors signal the process and its group: one stop, no traceback."""
+    server = start()
+    server.login()
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=5) == 0
+    assert "Traceback" not in server.log()
+
+
+def test_sigterm_during_start_up_exits_cleanly(tmp_path, live_nvml):
+    server = start_server(tmp_path, wait=False, nvml_lib_dir=live_nvml.lib_path.parent,
+                          nvml_scenario=live_nvml.scenario_path)
+    time.sleep(0.3)  # importing and wiring; the port is not open yet
+    code = server.stop(signal.SIGTERM, timeout=5)
+    assert code in (0, -signal.SIGTERM)  # -15: the signal came before Python installed handlers
+    assert "Traceback" not in server.log()
