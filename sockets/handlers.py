@@ -234,8 +234,11 @@ class WebsocketRegistry:
             frame = frames.deflated(int(deflate.get("server_max_window_bits") or _DEFLATE_MAX_WBITS))
         else:
             return False
-        if not lock.acquire(blocking=False):
-            return False  # its writer is sending: queue behind it
+        # balance <= 0: held, or just released to a waiter (the socket's writer with older packets)
+        # that eventlet wakes on its next hub turn; a non-blocking acquire would still succeed then
+        # and put this frame on the wire before those packets.
+        if lock.balance <= 0 or not lock.acquire(blocking=False):
+            return False  # its writer is sending or about to: queue behind it
         try:
             sent = raw.send(frame)
         except (BlockingIOError, InterruptedError):
