@@ -22,6 +22,7 @@ from engineio import packet as eio_packet
 from flask import request
 from flask_socketio import SocketIO, join_room
 from socketio import packet as sio_packet
+from socketio.exceptions import ConnectionRefusedError as SocketRefused
 
 import concurrency
 
@@ -66,8 +67,10 @@ class SocketHub:
         token = auth.get("token") if isinstance(auth, dict) else None
         session = self._sessions.get(token) if isinstance(token, str) else None
         if session is None:
-            # Flask-SocketIO turns this into a refused connection with this message.
-            raise ConnectionRefusedError("unauthorized: connect with auth={'token': '<session token>'}")
+            # python-socketio's exception: its message reaches the client's connect_error (the
+            # dashboard looks for "unauthorized"); with the builtin one clients get only
+            # "Connection refused by server".
+            raise SocketRefused("unauthorized: connect with auth={'token': '<session token>'}")
         sid = request.sid
         with self._lock:
             self._sids_by_token[session.token].add(sid)
