@@ -62,14 +62,36 @@ def kill(handle) -> None:
         handle.kill()
 
 
-def serve(app: Callable, host: str, port: int, *, log_output: bool, max_connections: int) -> None:
+# How long a stopping server lets in-flight requests (a streamed generate, a model load) finish
+# before ending them: the contract gives SIGTERM 5 s in all.
+STOP_GRACE_S = 2.0
+
+
+class _RequestPool(eventlet.GreenPool):
+    """The server's pool of request green threads; on stop, waits a grace period, then ends them."""
+
+    def __init__(self, size: int, grace_s: float):
+        super().__init__(size)
+        self.grace_s = grace_s
+
+    def waitall(self) -> None:
+        # eventlet.wsgi.server calls this once it stops accepting; unbounded, one streamed
+        # response or slow upstream call would keep the process alive indefinitely.
+        with eventlet.Timeout(self.grace_s, False):
+            super().waitall()
+        for thread in list(self.coroutines_running):
+            thread.kill()
+
+
+def serve(app: Callable, host: str, port: int, *, log_output: bool, max_connections: int,
+          stop_grace_s: float = STOP_GRACE_S) -> None:
     """Serve a WSGI app until interrupted: what socketio.run does under eventlet, plus TCP_NODELAY."""
     family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     listener = eventlet.listen(address, family)
     # Accepted sockets inherit this: without it, small streamed writes (proxied tokens, NDJSON
     # progress) wait up to 40 ms for the client's delayed ACK (Nagle's algorithm).
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # The pool's size lifts eventlet's default cap of 1,024 concurrent connections.
     eventlet.wsgi.server(listener, app, log_output=log_output,
-                         # Flush streamed output at once (eventlet otherwise holds back 4 KiB),
-                         # and lift eventlet's default cap of 1,024 concurrent connections.
-                         minimum_chunk_size=1, max_size=max_connections)
+                         # Flush streamed output at once (eventlet otherwise holds back 4 KiB).
+                         minimum_chunk_size=1, custom_pool=_RequestPool(max_connections, stop_grace_s))

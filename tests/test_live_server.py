@@ -1,6 +1,8 @@
 """`python app.py` as a user runs it, with the fake libnvidia-ml, over loopback."""
+import contextlib
 import signal
 import statistics
+import threading
 import time
 
 import pytest
@@ -140,6 +142,34 @@ def test_clean_stop_within_five_seconds(start, sig):
     assert elapsed < 5
     assert "Traceback" not in log
     assert server.password not in log and server.login() not in log
+
+
+@pytest.mark.parametrize("route", ["load", "proxied stream"])
+def test_stop_within_five_seconds_while_a_request_is_in_flight(start, fake_ollama, route):
+    """A model load or a streamed generate still running does not hold the stop past 5 s."""
+    fake_ollama.set_behaviour(load_delay_s=60, tokens=1000, token_interval_s=0.5)
+    server = start(OLLAMA_HOST=fake_ollama.url)
+    headers = server.headers()
+
+    def call():
+        with contextlib.suppress(requests.RequestException):
+            if route == "load":
+                requests.post(f"{server.url}/api/models/ollama/load", json={"model_name": "llama3.2"},
+                              headers=headers, timeout=30)
+            else:
+                response = requests.post(f"{server.url}/ollama/api/generate", headers=headers, timeout=30,
+                                         json={"model": "llama3.2", "prompt": "hi"}, stream=True)
+                for _ in response.iter_lines():
+                    pass
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    assert wait_for(lambda: fake_ollama.count("POST", "/api/generate") >= 1)
+    started = time.monotonic()
+    code = server.stop(signal.SIGTERM, timeout=10)
+    assert time.monotonic() - started < 5
+    assert code == 0
+    assert "Traceback" not in server.log()
 
 
 def test_signal_delivered_twice_stops_cleanly(start):
