@@ -8,11 +8,19 @@ from flask import request
 from errors import BadRequestError
 
 
+def parsed_json_or_none() -> Any:
+    """Return the decoded JSON body, or None when it is missing or does not decode."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the decoder recurses; silent=True only covers ValueError
+        return None
+
+
 def read_json_object() -> dict[str, Any]:
     """Return the request body as a JSON object, or raise a 400 that says what is wrong."""
     if not request.is_json:
         raise BadRequestError("request body must be JSON (Content-Type: application/json)")
-    body = request.get_json(silent=True)
+    body = parsed_json_or_none()
     if body is None:
         raise BadRequestError("request body is not valid JSON")
     if not isinstance(body, dict):

@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, request
 import concurrency
 from config import parse_keep_alive
 from errors import ApiError, BadRequestError, ConflictError, NotFoundError, OllamaError
-from jsonbody import read_json_object, require_string
+from jsonbody import parsed_json_or_none, read_json_object, require_string
 from ollama_client.formatting import human_bytes, processor, short_id
 from ollama_client.names import MAX_NAME, ModelName, canonical_or_none, parse_model_name
 
@@ -42,7 +42,7 @@ def model_operation(view: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return view(*args, **kwargs)
         except ApiError as exc:
-            body = request.get_json(silent=True)
+            body = parsed_json_or_none()
             raw_name = body.get("model_name") if isinstance(body, dict) else None
             exc.extra = {"success": False, "message": exc.message,
                          "model_name": raw_name if isinstance(raw_name, str) else "", **exc.extra}

@@ -49,6 +49,7 @@ def test_wrong_credentials_get_one_message(client, username, password):
     ({"json": {"username": USERNAME, "password": ["x"]}}, "password"),
     ({"json": []}, "object"),
     ({"data": "{not json", "content_type": "application/json"}, "JSON"),
+    ({"data": '{"a":' * 100_000 + "1" + "}" * 100_000, "content_type": "application/json"}, "JSON"),
     ({"data": "username=admin", "content_type": "application/x-www-form-urlencoded"}, "JSON"),
 ])
 def test_malformed_login_is_400_naming_the_problem(client, kwargs, field):

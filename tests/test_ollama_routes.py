@@ -111,6 +111,8 @@ BAD_BODIES = [
     ({"json": {"model_name": 3}}, "field model_name must be a string", ""),
     ({"json": {"model_name": ["llama3"]}}, "field model_name must be a string", ""),
     ({"json": {"model_name": ""}}, "field model_name must not be empty", ""),
+    # Deeper than json.loads recurses: a RecursionError, which silent=True does not cover.
+    ({"data": "[" * 100_000 + "]" * 100_000, "content_type": "application/json"}, "request body is not valid JSON", ""),
 ]
 
 BAD_NAMES = [
