@@ -1,10 +1,11 @@
-"""Security headers on every response; CORS for the configured origins only."""
+"""Security headers on every response; CORS for the configured origins only; undecodable queries refused."""
 from __future__ import annotations
 
 from flask import Flask, request
 from flask_cors import CORS
 
 from config import Config
+from errors import BadRequestError
 
 
 def register_security(app: Flask, config: Config) -> None:
@@ -14,6 +15,16 @@ def register_security(app: Flask, config: Config) -> None:
                              r"/ollama/*": {"origins": list(config.cors_allowed_origins)},
                              r"/health": {"origins": list(config.cors_allowed_origins)}},
              allow_headers=["Authorization", "Content-Type"], supports_credentials=False, max_age=600)
+
+    @app.before_request
+    def refuse_undecodable_query():
+        # Werkzeug decodes the query strictly when a view reads request.args: a raw non-UTF-8 byte
+        # would surface there as a UnicodeDecodeError (a 500) instead of the client's mistake.
+        try:
+            request.query_string.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequestError("malformed query string: it is not valid UTF-8 "
+                                  "(percent-encode other bytes)") from None
 
     @app.after_request
     def add_headers(response):

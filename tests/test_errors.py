@@ -35,3 +35,11 @@ def test_unexpected_errors_are_json_500_without_traceback(client, auth, services
     response = client.get("/api/vram/status", headers=headers)
     monkeypatch.undo()
     assert response.status_code == 500 and response.get_json() == {"error": "internal server error"}
+
+
+def test_query_string_that_is_not_utf8_is_json_400(client, auth):
+    # As a WSGI server passes a raw 0xFF byte on: a latin-1 str.
+    response = client.get("/api/vram/history", environ_overrides={"QUERY_STRING": "limit=\xff"},
+                          headers=auth.headers())
+    assert response.status_code == 400
+    assert "query string" in response.get_json()["error"]
