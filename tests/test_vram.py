@@ -184,7 +184,7 @@ def test_history_route(client, auth, services):
     assert len(client.get("/api/vram/history", headers=auth.headers()).get_json()["samples"]) == 3
 
 
-@pytest.mark.parametrize("limit", ["0", "-1", "abc", "1.5", ""])
+@pytest.mark.parametrize("limit", ["0", "-1", "abc", "1.5", "", "\uff11", "\u0663", "+1", " 1"])
 def test_history_rejects_bad_limit(client, auth, limit):
     response = client.get(f"/api/vram/history?limit={limit}", headers=auth.headers())
     assert response.status_code == 400 and "limit" in response.get_json()["error"]

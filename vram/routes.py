@@ -26,7 +26,8 @@ def history():
     raw = request.args.get("limit")
     limit = None
     if raw is not None:
-        if not raw.isdigit() or int(raw) < 1:
+        # isdigit() alone also accepts non-ASCII digits ("１", "٣"), which int() then converts.
+        if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
             raise BadRequestError("limit must be a positive whole number")
         limit = int(raw)
     return jsonify(samples=current_app.extensions["dashboard"].poller.history(limit))
