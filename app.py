@@ -44,6 +44,9 @@ def create_app(config: Config | None = None, *, nvml_reader=None, session_store=
     if config is None:
         config = load_config()
     app = Flask(__name__, static_folder=None)
+    # Werkzeug would answer "/api//vram/status" with a 308 redirect whose body is an HTML page;
+    # a path that is not a route is a JSON 404 like any other.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = config.max_api_body_bytes
     app.json.sort_keys = False
 

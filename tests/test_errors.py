@@ -8,6 +8,13 @@ def test_unknown_route_is_json_404(client):
     assert "/no/such/page" in response.get_json()["error"]
 
 
+@pytest.mark.parametrize("path", ["/api//vram/status", "/api/vram//status", "/api/models//ollama/list"])
+def test_doubled_slash_is_json_404_not_an_html_redirect(client, auth, path):
+    response = client.get(path, headers=auth.headers())
+    assert response.status_code == 404 and response.is_json
+    assert client.get(path).status_code == 401
+
+
 def test_wrong_method_is_json_405(client, auth):
     response = client.delete("/api/vram/status", headers=auth.headers())
     assert response.status_code == 405 and response.is_json
