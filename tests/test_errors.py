@@ -50,3 +50,23 @@ def test_query_string_that_is_not_utf8_is_json_400(client, auth):
                           headers=auth.headers())
     assert response.status_code == 400
     assert "query string" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("path, headers, message", [
+    ("/socket.io/", {}, "The client is using an unsupported version of the Socket.IO or Engine.IO protocols"),
+    ("/socket.io/?EIO=4&transport=polling", {"Origin": "http://evil.example"}, "Not an accepted origin."),
+    ("/socket.io/?EIO=4&transport=polling&sid=nope", {}, "Invalid session nope"),
+])
+def test_socketio_errors_are_json_with_security_headers(client, path, headers, message):
+    """Socket.IO answers these itself, below Flask's after_request hooks."""
+    response = client.get(path, headers=headers)
+    assert response.status_code == 400
+    assert response.get_json() == {"error": message}
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_socketio_handshake_keeps_its_body_and_gains_security_headers(client):
+    response = client.get("/socket.io/?EIO=4&transport=polling")
+    assert response.status_code == 200 and response.data.startswith(b"0{")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
