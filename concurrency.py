@@ -4,6 +4,7 @@ Moving to gevent or threading mode later is a change here and in ASYNC_MODE only
 """
 from __future__ import annotations
 
+import json
 import socket
 import time
 from typing import Any, Callable, TypeVar
@@ -83,6 +84,63 @@ class _RequestPool(eventlet.GreenPool):
             thread.kill()
 
 
+# The headers security.py puts on every response the app makes; the protocol errors below are
+# answered by the HTTP server itself, before any app code runs.
+_ERROR_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
+
+
+class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
+    """eventlet's HTTP/1.1 protocol, answering the requests it refuses itself in the JSON error shape.
+
+    Left alone it sends an HTML page for a malformed request line (http.server's send_error) and
+    bare, header-less 414/400 responses for an over-long URL or header, or a bad Content-Length.
+    """
+
+    def _refuse(self, code: int, reason: str, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        head = [f"HTTP/1.1 {code} {reason}", "Connection: close", "Content-Type: application/json",
+                f"Content-Length: {len(body)}", *(f"{name}: {value}" for name, value in _ERROR_HEADERS)]
+        try:
+            self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+            self.wfile.flush()
+        except OSError:
+            pass  # the client is gone; nothing to tell it
+        self.close_connection = 1
+
+    def send_error(self, code, message=None, explain=None):
+        """Refuse a request http.server could not parse (bad request line, unsupported version)."""
+        reason = self.responses.get(code, ("Error",))[0]
+        self._refuse(code, reason, message or reason)
+
+    def _read_request_line(self):
+        line = super()._read_request_line()
+        if len(line) >= self.server.url_length_limit:
+            self._refuse(414, "URI Too Long",
+                         f"request line too long (at most {self.server.url_length_limit - 1} bytes)")
+            return b""  # eventlet closes a connection whose request line is empty
+        return line
+
+    def parse_request(self):
+        try:
+            if not super().parse_request():
+                return False
+        except eventlet.wsgi.HeaderLineTooLong:
+            self._refuse(400, "Bad Request", "a request header line is too long")
+            return False
+        except eventlet.wsgi.HeadersTooLarge:
+            self._refuse(400, "Bad Request", "the request headers are too large")
+            return False
+        length = self.headers.get("content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                self._refuse(400, "Bad Request", "invalid Content-Length header")
+                return False
+            if self.headers.get("transfer-encoding") is not None:
+                self._refuse(400, "Bad Request", "Content-Length and Transfer-Encoding are not allowed together")
+                return False
+        return True
+
+
 def serve(app: Callable, host: str, port: int, *, log_output: bool, max_connections: int,
           stop_grace_s: float = STOP_GRACE_S) -> None:
     """Serve a WSGI app until interrupted: what socketio.run does under eventlet, plus TCP_NODELAY."""
@@ -94,4 +152,5 @@ def serve(app: Callable, host: str, port: int, *, log_output: bool, max_connecti
     # The pool's size lifts eventlet's default cap of 1,024 concurrent connections.
     eventlet.wsgi.server(listener, app, log_output=log_output,
                          # Flush streamed output at once (eventlet otherwise holds back 4 KiB).
-                         minimum_chunk_size=1, custom_pool=_RequestPool(max_connections, stop_grace_s))
+                         minimum_chunk_size=1, custom_pool=_RequestPool(max_connections, stop_grace_s),
+                         protocol=_JsonErrorProtocol)

@@ -1,6 +1,8 @@
 """`python app.py` as a user runs it, with the fake libnvidia-ml, over loopback."""
 import contextlib
+import json
 import signal
+import socket
 import statistics
 import threading
 import time
@@ -142,6 +144,40 @@ def test_clean_stop_within_five_seconds(start, sig):
     assert elapsed < 5
     assert "Traceback" not in log
     assert server.password not in log and server.login() not in log
+
+
+def send_raw(server, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are; return the status, headers (lower-cased names) and body of the reply."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(data)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def test_requests_the_http_server_refuses_get_json_errors_too(start):
+    """Refused before any app code runs: no HTML page, no bare header-less reply."""
+    server = start()
+    cases = [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/9.9\r\n\r\n", 505),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n", 400),
+        (b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 400),
+        (b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ]
+    for request, expected in cases:
+        status, headers, body = send_raw(server, request)
+        assert status == expected, request[:40]
+        assert headers["content-type"] == "application/json"
+        assert json.loads(body)["error"]
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["referrer-policy"] == "no-referrer"
 
 
 @pytest.mark.parametrize("route", ["load", "proxied stream"])
