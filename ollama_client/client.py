@@ -1,23 +1,30 @@
-"""The only code that speaks HTTP to Ollama: one pooled session, one funnel for transport errors.
+"""The only code that speaks HTTP to Ollama: one connection pool, one funnel for transport errors.
 
 Every call goes through `_request_raw`, which turns transport failures into exactly two errors:
 `OllamaUnavailableError` (nothing answers at OLLAMA_HOST: refused, unknown host, no route) and
 `OllamaTimeoutError` (Ollama accepted the connection but went silent). An HTTP error status from
 Ollama becomes `OllamaError` carrying Ollama's status and its `error` text (typed methods only;
 `open_raw` hands every status back untouched, for the proxy).
+
+urllib3's pool is used directly, not through `requests`: a proxied request is on the hot path,
+and `requests` spends about a millisecond a call preparing it (merging settings and environment,
+hooks) for features that are all off here. urllib3 never reads HTTP(S)_PROXY or .netrc, and
+with `redirect=False, retries=False` it sends exactly one request and follows nothing.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import http.client
 import json
 import logging
+import re
 import socket
 from typing import Any, Iterable, Iterator
 
-import requests
 import urllib3
-from requests.adapters import HTTPAdapter
+from urllib3.util import parse_url
 
 import concurrency
 from errors import OllamaError, OllamaTimeoutError, OllamaUnavailableError
@@ -25,6 +32,7 @@ from errors import OllamaError, OllamaTimeoutError, OllamaUnavailableError
 log = logging.getLogger(__name__)
 
 Timeout = tuple[float, float]  # (connect_s, read_s): read_s is the longest silence between bytes
+Response = urllib3.BaseHTTPResponse
 
 CONNECT_TIMEOUT_S = 5.0
 DEFAULT_TIMEOUT: Timeout = (CONNECT_TIMEOUT_S, 30.0)
@@ -35,10 +43,13 @@ PULL_TIMEOUT: Timeout = (CONNECT_TIMEOUT_S, 600.0)
 REACHABLE_TIMEOUT: Timeout = (1.0, 1.0)
 REACHABLE_CACHE_S = 3.0
 USER_AGENT = "vram-dashboard"
+READ_CHUNK_BYTES = 64 * 1024
+# One request, no retry (a POST /api/generate must not run twice), no redirect followed.
+NO_RETRIES = urllib3.Retry(total=False, redirect=False, raise_on_redirect=False, raise_on_status=False)
 
 
 class OllamaClient:
-    """Talk to one Ollama server (the configured OLLAMA_HOST) over a pooled HTTP session."""
+    """Talk to one Ollama server (the configured OLLAMA_HOST) over a pool of keep-alive connections."""
 
     def __init__(self, base_url: str, *, timeout: Timeout = DEFAULT_TIMEOUT, load_timeout: Timeout = LOAD_TIMEOUT,
                  pull_timeout: Timeout = PULL_TIMEOUT, reachable_cache_s: float = REACHABLE_CACHE_S,
@@ -48,15 +59,11 @@ class OllamaClient:
         self.load_timeout = load_timeout
         self.pull_timeout = pull_timeout
         self.reachable_cache_s = reachable_cache_s
-        session = requests.Session()
-        # Only the configured Ollama is ever contacted: no HTTP(S)_PROXY, no .netrc credentials.
-        session.trust_env = False
-        session.headers.clear()
-        session.headers["User-Agent"] = USER_AGENT
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        self._session = session
+        # OLLAMA_HOST may carry a path (https://host/ollama): every request path goes under it.
+        self._path_prefix = (parse_url(self.base_url).path or "").rstrip("/")
+        # block=False: past pool_maxsize a request opens a connection of its own instead of waiting.
+        self._pool = urllib3.connection_from_url(self.base_url, maxsize=pool_maxsize, block=False,
+                                                 retries=NO_RETRIES)
         self._reachable_lock = concurrency.Lock()
         self._reachable: tuple[float, bool] | None = None  # (monotonic time checked, answer)
 
@@ -70,43 +77,47 @@ class OllamaClient:
             raise ValueError(f"refusing to request an unnormalised path: {path!r}")
         return self.base_url + path
 
-    def _request_raw(self, method: str, path: str, *, timeout: Timeout, stream: bool = False,
-                     json_body: Any = None, data: bytes | Iterable[bytes] | None = None,
-                     headers: dict[str, str] | None = None) -> requests.Response:
-        """Send one request; transport failures become OllamaUnavailableError or OllamaTimeoutError."""
-        url = self.url(path)
-        with self.transport_errors(timeout):
-            return self._session.request(method, url, json=json_body, data=data, headers=headers,
-                                         timeout=timeout, stream=stream, allow_redirects=False)
+    def _request_raw(self, method: str, path: str, *, timeout: Timeout, json_body: Any = None,
+                     data: bytes | Iterable[bytes] | None = None,
+                     headers: dict[str, str] | None = None) -> Response:
+        """Send one request and return its response unread; transport failures become the two errors.
+
+        `data` is bytes (sent with a Content-Length) or an iterator of bytes (sent chunked).
+        """
+        self.url(path)  # validates
+        sent = {"User-Agent": USER_AGENT}
+        if json_body is not None:
+            data = json.dumps(json_body).encode()
+            sent["Content-Type"] = "application/json"
+        sent.update(headers or {})
+        with self.transport_errors(timeout, reading=False):
+            return self._pool.urlopen(method, self._path_prefix + path, body=data, headers=sent,
+                                      chunked=data is not None and not isinstance(data, (bytes, bytearray)),
+                                      timeout=_urllib3_timeout(timeout), retries=NO_RETRIES, redirect=False,
+                                      assert_same_host=False, preload_content=False, decode_content=True)
 
     @contextlib.contextmanager
-    def transport_errors(self, timeout: Timeout | None = None) -> Iterator[None]:
-        """Turn a requests/urllib3 transport failure inside the block into one of the two errors.
+    def transport_errors(self, timeout: Timeout | None = None, *, reading: bool = True) -> Iterator[None]:
+        """Turn a transport failure inside the block into OllamaUnavailableError or OllamaTimeoutError.
 
-        Also wrap reads of a streamed body (iter_lines, raw.stream) with this, so a stream that
-        breaks half-way is reported the same way as a request that never connected.
+        Wrap reads of a response body with this too (`reading`, the default), so that a stream
+        that breaks half-way is reported the same way as a request that never connected.
         """
         try:
             yield
-        except requests.exceptions.ConnectTimeout as exc:
+        except urllib3.exceptions.NewConnectionError as exc:  # refused, unknown host, no route
+            raise self._unavailable(_describe(exc), exc) from None
+        except urllib3.exceptions.ConnectTimeoutError as exc:
             raise self._unavailable(f"no connection within {timeout[0] if timeout else '?'} s", exc) from None
-        except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError):  # read timeouts
+        except (urllib3.exceptions.TimeoutError, TimeoutError):  # read timeouts: silent after connecting
             read_s = timeout[1] if timeout else None
             within = f" within {read_s:g} s" if read_s else ""
             raise OllamaTimeoutError(f"Ollama at {self.base_url} did not answer{within} "
                                      "(OLLAMA_HOST); it may be busy loading a model") from None
-        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
-                urllib3.exceptions.HTTPError) as exc:  # urllib3's own: reading response.raw directly
-            raise self._unavailable("the connection broke mid-response (Ollama stopped or restarted?)",
-                                    exc) from None
-        except requests.exceptions.ConnectionError as exc:
-            if _is_timeout(exc):
-                read_s = timeout[1] if timeout else None
-                raise OllamaTimeoutError(f"Ollama at {self.base_url} did not answer"
-                                         f"{f' within {read_s:g} s' if read_s else ''} (OLLAMA_HOST)") from None
-            raise self._unavailable(_describe(exc), exc) from None
-        except requests.exceptions.RequestException as exc:  # InvalidURL, TooManyRedirects...
-            raise self._unavailable(_describe(exc), exc) from None
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+            reason = ("the connection broke mid-response (Ollama stopped or restarted?)" if reading
+                      else _describe(exc))
+            raise self._unavailable(reason, exc) from None
 
     def _unavailable(self, reason: str, exc: BaseException) -> OllamaUnavailableError:
         log.debug("Ollama transport error: %r", exc)
@@ -118,32 +129,31 @@ class OllamaClient:
                       json_body: Any = None) -> Any:
         """Send a request and return its decoded JSON body, or raise OllamaError on an error status."""
         timeout = timeout or self.timeout
-        with contextlib.closing(self._request_raw(method, path, timeout=timeout, json_body=json_body,
-                                                  headers={"Accept": "application/json"})) as response:
-            with self.transport_errors(timeout):
-                content = response.content
-            check_status(response, content)
-            if not content.strip():
-                return None
-            try:
-                return json.loads(content)
-            except ValueError:
-                raise OllamaError(f"Ollama sent a body that is not JSON for {method} {path}",
-                                  upstream_status=response.status_code) from None
+        response = self._request_raw(method, path, timeout=timeout, json_body=json_body,
+                                     headers={"Accept": "application/json"})
+        with contextlib.closing(response), self.transport_errors(timeout):
+            content = response.data
+        check_status(response, content)
+        if not content.strip():
+            return None
+        try:
+            return json.loads(content)
+        except ValueError:
+            raise OllamaError(f"Ollama sent a body that is not JSON for {method} {path}",
+                              upstream_status=response.status) from None
 
     # -- raw access for the proxy ------------------------------------------------------------
 
     def open_raw(self, method: str, path: str, *, body: bytes | Iterable[bytes] | None = None,
-                 headers: dict[str, str] | None = None,
-                 timeout: Timeout | None = None) -> requests.Response:
+                 headers: dict[str, str] | None = None, timeout: Timeout | None = None) -> Response:
         """Open a streamed request to OLLAMA_HOST + path and return the response, whatever its status.
 
         `body` is bytes or an iterator of bytes (sent chunked). Redirects are not followed. The
-        caller reads `response.raw` / `iter_content` (inside `transport_errors(timeout)`) and
-        must close the response. Raises only OllamaUnavailableError / OllamaTimeoutError.
+        caller reads the body (`iter_body`, inside `transport_errors(timeout)`) and closes the
+        response; `abort_response` stops a read from another green thread. Raises only
+        OllamaUnavailableError / OllamaTimeoutError.
         """
-        return self._request_raw(method, path, timeout=timeout or self.timeout, stream=True, data=body,
-                                 headers=dict(headers or {}))
+        return self._request_raw(method, path, timeout=timeout or self.timeout, data=body, headers=headers)
 
     # -- typed calls -------------------------------------------------------------------------
 
@@ -204,24 +214,24 @@ class OllamaClient:
     def pull(self, model: str) -> "PullStream":
         """Start /api/pull and return its NDJSON progress lines as a closable iterator."""
         timeout = self.pull_timeout
-        response = self._request_raw("POST", "/api/pull", timeout=timeout, stream=True,
+        response = self._request_raw("POST", "/api/pull", timeout=timeout,
                                      json_body={"model": model, "stream": True},
                                      headers={"Accept": "application/x-ndjson"})
-        if not 200 <= response.status_code < 300:
+        if not 200 <= response.status < 300:
             with contextlib.closing(response), self.transport_errors(timeout):
-                content = response.content
+                content = response.data
             check_status(response, content)
         return PullStream(self, response, timeout)
 
     def close(self) -> None:
         """Close pooled connections."""
-        self._session.close()
+        self._pool.close()
 
 
 class PullStream:
     """The NDJSON lines of one /api/pull; iterate for dicts, close() to abandon the pull."""
 
-    def __init__(self, client: OllamaClient, response: requests.Response, timeout: Timeout):
+    def __init__(self, client: OllamaClient, response: Response, timeout: Timeout):
         self._client = client
         self.response = response
         self._timeout = timeout
@@ -231,7 +241,7 @@ class PullStream:
         self._reading = True
         try:
             with self._client.transport_errors(self._timeout):
-                for line in self.response.iter_lines(chunk_size=None):
+                for line in iter_lines(iter_body(self.response)):
                     if not line.strip():
                         continue
                     try:
@@ -258,30 +268,131 @@ class PullStream:
             self.response.close()
 
 
-def abort_response(response: requests.Response) -> None:
+def iter_body(response: Response, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
+    """Yield a response's body as it arrives: all that one receive brought, never held back.
+
+    Read inside `transport_errors`. A body read to its end gives its connection back to the pool.
+    """
+    raw = getattr(response, "_fp", None)  # the http.client response under urllib3's
+    if not (response.chunked and isinstance(raw, http.client.HTTPResponse) and raw.fp is not None
+            and raw.length is None):  # length 0: a HEAD, 204 or 304 has no body to decode
+        # read() would wait for chunk_bytes or the end; read1() returns what one receive brought.
+        while data := response.read1(chunk_bytes):
+            yield data
+        return
+    # Ollama sends every NDJSON line as a chunk of its own. urllib3's read_chunked() costs ~15
+    # Python calls a chunk (about a third of the proxy's CPU at full speed); decoding all that
+    # one receive brought at once costs a few. The buffered reader is the one urllib3's own
+    # read_chunked() reads (`_fp.fp`): the status line and headers came through it.
+    reader = raw.fp
+    decoder = _ChunkedDecoder()
+    while not decoder.done:
+        data = reader.read1(chunk_bytes)
+        if not data:
+            raise urllib3.exceptions.ProtocolError("Response ended prematurely")
+        body = decoder.feed(data)
+        if body:
+            yield body
+    # As read_chunked() ends: the response is complete, the connection goes back to the pool.
+    raw.close()
+    response.release_conn()
+
+
+class _ChunkedDecoder:
+    """Decode HTTP/1.1 chunked transfer coding from pieces as they arrive (trailers are dropped)."""
+
+    MAX_LINE_BYTES = 64 * 1024
+    _SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+    def __init__(self):
+        self.done = False
+        self._pending = b""    # an incomplete size or trailer line, or a chunk's CRLF split in two
+        self._left = 0         # data bytes of the current chunk still to come
+        self._crlf = False     # the CRLF after a chunk's data is next
+        self._trailers = False  # after the last chunk: trailer lines until an empty one
+
+    def feed(self, data: bytes) -> bytes:
+        """Return the body bytes in `data`; raise ProtocolError on malformed framing."""
+        buf = self._pending + data if self._pending else data
+        self._pending = b""
+        out = []
+        pos, end = 0, len(buf)
+        while pos < end and not self.done:
+            if self._left:
+                stop = min(end, pos + self._left)
+                out.append(buf[pos:stop])
+                self._left -= stop - pos
+                self._crlf = not self._left
+                pos = stop
+            elif self._crlf:
+                if end - pos < 2:
+                    break
+                if buf[pos:pos + 2] != b"\r\n":
+                    raise urllib3.exceptions.ProtocolError("Chunk not followed by CRLF")
+                self._crlf = False
+                pos += 2
+            else:
+                newline = buf.find(b"\n", pos)
+                if newline < 0:
+                    if end - pos > self.MAX_LINE_BYTES:
+                        raise urllib3.exceptions.ProtocolError("Chunk size line too long")
+                    break
+                line = buf[pos:newline].rstrip(b"\r")
+                pos = newline + 1
+                if self._trailers:
+                    self.done = not line
+                    continue
+                size = line.split(b";", 1)[0].strip()
+                if not self._SIZE.fullmatch(size):
+                    raise urllib3.exceptions.ProtocolError(f"Invalid chunk size line: {line[:40]!r}")
+                self._left = int(size, 16)
+                self._trailers = not self._left
+        self._pending = buf[pos:]
+        return out[0] if len(out) == 1 else b"".join(out)
+
+
+def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Split a stream of chunks into lines (without the newline); a last unterminated line too."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from lines
+    if pending:
+        yield pending
+
+
+def abort_response(response: Response) -> None:
     """Shut down a streamed response's socket, waking a green thread blocked reading it.
 
     Closing the response from another green thread while one reads it raises "reentrant call"
     in the reader's buffered file; shutting the socket down instead makes its read return
-    end-of-stream, and the peer (Ollama) sees the connection close at once.
+    end-of-stream, and the peer (Ollama) sees the connection close at once. A response read to
+    its end has given its connection back to the pool already: then there is nothing to do.
     """
-    connection = getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
+    sock = getattr(response.connection, "sock", None)
     if sock is None:
         return
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def check_status(response: requests.Response, content: bytes) -> None:
+def check_status(response: Response, content: bytes) -> None:
     """Raise OllamaError with Ollama's status and `error` text unless the response is a 2xx."""
-    if 200 <= response.status_code < 300:
+    status = response.status
+    if 200 <= status < 300:
         return
-    if 300 <= response.status_code < 400:
-        raise OllamaError(f"Ollama answered HTTP {response.status_code} (a redirect to "
+    if 300 <= status < 400:
+        raise OllamaError(f"Ollama answered HTTP {status} (a redirect to "
                           f"{response.headers.get('Location', '?')}, not followed): check OLLAMA_HOST",
-                          upstream_status=response.status_code)
-    raise OllamaError(f"Ollama: {error_text(content, response.status_code)}", upstream_status=response.status_code)
+                          upstream_status=status)
+    raise OllamaError(f"Ollama: {error_text(content, status)}", upstream_status=status)
+
+
+@functools.lru_cache(maxsize=16)
+def _urllib3_timeout(timeout: Timeout) -> urllib3.Timeout:
+    connect_s, read_s = timeout
+    return urllib3.Timeout(connect=connect_s, read=read_s)
 
 
 def error_text(content: bytes, status: int) -> str:

@@ -23,6 +23,7 @@ from werkzeug.routing import BaseConverter
 import concurrency
 from auth.credentials import authenticate
 from errors import ApiError, BadRequestError, OllamaTimeoutError, OllamaUnavailableError, PayloadTooLargeError
+from ollama_client.client import iter_body
 from ollama_client.proxy_paths import PREFIX, Refusal, resolve
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def forward(rest: str) -> Response:
         upstream.close()
         raise reader.error()
 
-    chunks = upstream.iter_content(READ_CHUNK_BYTES)
+    chunks = iter_body(upstream, READ_CHUNK_BYTES)
     try:
         # Wait for the first byte before answering, so that silence up to then is still a 504.
         with client.transport_errors(timeout):
@@ -117,7 +118,7 @@ def forward(rest: str) -> Response:
         upstream.close()
         raise
 
-    response = Response(_relay(client, timeout, upstream, first, chunks), status=upstream.status_code,
+    response = Response(_relay(client, timeout, upstream, first, chunks), status=upstream.status,
                         direct_passthrough=True)
     _copy_response_headers(upstream, response)
     response.call_on_close(upstream.close)
@@ -287,8 +288,8 @@ def _copy_response_headers(upstream, response: Response) -> None:
         value = headers.get(name)
         if value is not None:
             response.headers[name] = value
-    # iter_content hands back identity bytes, so a length only holds for an unencoded body.
-    if "Content-Length" in headers and "Content-Encoding" not in headers and not upstream.raw.chunked:
+    # iter_body hands back identity bytes, so a length only holds for an unencoded body.
+    if "Content-Length" in headers and "Content-Encoding" not in headers and not upstream.chunked:
         response.headers["Content-Length"] = headers["Content-Length"]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import concurrency
 from errors import OllamaError, OllamaTimeoutError, OllamaUnavailableError
-from ollama_client.client import OllamaClient
+from ollama_client.client import OllamaClient, iter_body, iter_lines
 
 
 def layer_hex(model, index):
@@ -88,7 +88,7 @@ def test_redirects_are_not_followed(client, fake_ollama):
     with pytest.raises(OllamaError, match="HTTP 307 .*not followed"):
         client.list_models()
     response = client.open_raw("GET", "/api/tags")
-    assert (response.status_code, response.headers["Location"]) == (307, "http://example.com/api/tags")
+    assert (response.status, response.headers["Location"]) == (307, "http://example.com/api/tags")
     response.close()
     assert fake_ollama.count("GET", "/api/tags") == 2
 
@@ -116,7 +116,7 @@ def test_open_raw_streams_chunks_as_ollama_sends_them(client, fake_ollama):
                                headers={"Content-Type": "application/json"}, timeout=(2, 5))
     arrivals = []
     with client.transport_errors():
-        for line in response.iter_lines():
+        for line in iter_lines(iter_body(response)):
             arrivals.append((time.monotonic() - started, json.loads(line)))
     response.close()
     assert response.headers["Content-Type"] == "application/x-ndjson"
@@ -127,7 +127,7 @@ def test_open_raw_streams_chunks_as_ollama_sends_them(client, fake_ollama):
 
 def test_open_raw_returns_error_statuses_untouched(client):
     response = client.open_raw("POST", "/api/show", body=b'{"model": "nope"}')
-    assert (response.status_code, response.json()) == (404, {"error": "model 'nope' not found"})
+    assert (response.status, response.json()) == (404, {"error": "model 'nope' not found"})
     response.close()
 
 
@@ -137,7 +137,7 @@ def test_open_raw_sends_an_iterator_body_chunked(client, fake_ollama):
         yield b'"input": "hello"}'
 
     response = client.open_raw("POST", "/api/embed", body=body(), headers={"Content-Type": "application/json"})
-    assert response.status_code == 200
+    assert response.status == 200
     assert len(response.json()["embeddings"][0]) == 8
     response.close()
     recorded = fake_ollama.requests("/api/embed")[0]
@@ -216,12 +216,12 @@ def test_fake_sets_tcp_nodelay_so_small_replies_are_not_delayed(fake_ollama):
 
 
 def test_transport_errors_cover_reading_response_raw(client, fake_ollama):
-    # The proxy reads response.raw (urllib3) directly; its errors become the same two kinds.
+    # Reading a streamed body (as the proxy does) reports its errors as the same two kinds.
     fake_ollama.set_behaviour(pull={"die_after_lines": 2})
     response = client.open_raw("POST", "/api/pull", body=b'{"model": "x"}')
     with pytest.raises(OllamaUnavailableError, match="the connection broke mid-response"):
         with client.transport_errors():
-            for _ in response.raw.stream(1024, decode_content=False):
+            for _ in iter_body(response, 1024):
                 pass
     response.close()
 
@@ -229,7 +229,7 @@ def test_transport_errors_cover_reading_response_raw(client, fake_ollama):
     response = client.open_raw("POST", "/api/pull", body=b'{"model": "x"}', timeout=(1, 0.3))
     with pytest.raises(OllamaTimeoutError, match="did not answer within 0.3 s"):
         with client.transport_errors((1, 0.3)):
-            for _ in response.raw.stream(1024, decode_content=False):
+            for _ in iter_body(response, 1024):
                 pass
     response.close()
 
@@ -247,9 +247,9 @@ def test_fake_speaks_chat_embed_and_openai_endpoints(client, fake_ollama):
         response = client.open_raw(method, path, body=json.dumps(body).encode() if body is not None else None,
                                    headers={"Content-Type": "application/json"})
         with client.transport_errors():
-            content = response.content
+            content = response.data
         response.close()
-        return response.status_code, response.headers["Content-Type"], content.decode()
+        return response.status, response.headers["Content-Type"], content.decode()
 
     status, kind, text = call("/api/chat", {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]})
     chunks = [json.loads(line) for line in text.splitlines()]
@@ -269,3 +269,38 @@ def test_fake_speaks_chat_embed_and_openai_endpoints(client, fake_ollama):
     assert json.loads(call("/v1/completions", {"model": "llama3.2", "prompt": "x"})[2])["choices"][0]["text"] == \
         "The sky"
     assert call("/api/nothing", {})[0:2] == (404, "text/plain; charset=utf-8")
+
+
+def test_streamed_bodies_are_decoded_whole_however_they_arrive_and_keep_the_connection(client, fake_ollama):
+    fake_ollama.set_behaviour(tokens=40)
+    for _ in range(3):
+        response = client.open_raw("POST", "/api/generate", body=b'{"model": "llama3.2", "prompt": "hi"}')
+        with client.transport_errors():
+            lines = list(iter_lines(iter_body(response)))
+        response.close()
+        assert [json.loads(line)["done"] for line in lines] == [False] * 40 + [True]
+    assert client._pool.num_connections == 1  # each body read to its end gave the connection back
+
+
+@pytest.mark.parametrize("wire, body", [
+    (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
+    (b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", b"hello world"),
+    (b"A\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n", b"0123456789"),
+    (b"0\r\n\r\n", b""),
+])
+def test_chunked_decoding_table(wire, body):
+    from ollama_client.client import _ChunkedDecoder
+
+    for piece in (1, 2, 3, 7, len(wire)):  # however the bytes are split across receives
+        decoder = _ChunkedDecoder()
+        out = b"".join(decoder.feed(wire[i:i + piece]) for i in range(0, len(wire), piece))
+        assert (out, decoder.done) == (body, True)
+
+
+@pytest.mark.parametrize("wire", [b"zz\r\n", b"-5\r\n", b"0x5\r\nhello\r\n", b"5\r\nhelloXX"])
+def test_malformed_chunking_is_a_broken_connection(client, wire):
+    from ollama_client.client import _ChunkedDecoder
+
+    with pytest.raises(OllamaUnavailableError, match="the connection broke mid-response"):
+        with client.transport_errors():
+            _ChunkedDecoder().feed(wire)
