@@ -90,7 +90,8 @@ _ERROR_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no
 
 
 class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
-    """eventlet's HTTP/1.1 protocol, answering the requests it refuses itself in the JSON error shape.
+    """eventlet's HTTP/1.1 protocol, answering the requests it refuses itself in the JSON error shape
+    (and telling Werkzeug that a chunked body is safe to read).
 
     Left alone it sends an HTML page for a malformed request line (http.server's send_error) and
     bare, header-less 414/400 responses for an over-long URL or header, or a bad Content-Length.
@@ -119,6 +120,15 @@ class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
                          f"request line too long (at most {self.server.url_length_limit - 1} bytes)")
             return b""  # eventlet closes a connection whose request line is empty
         return line
+
+    def get_environ(self):
+        environ = super().get_environ()
+        if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+            # eventlet de-chunks the body and ends the stream where it ends. Saying so lets Werkzeug
+            # read it (and apply MAX_CONTENT_LENGTH); otherwise it hands views an empty body, and a
+            # chunked JSON request is "not valid JSON".
+            environ["wsgi.input_terminated"] = True
+        return environ
 
     def parse_request(self):
         try:

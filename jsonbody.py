@@ -5,7 +5,7 @@ from typing import Any
 
 from flask import request
 
-from errors import BadRequestError
+from errors import BadRequestError, PayloadTooLargeError
 
 
 def parsed_json_or_none() -> Any:
@@ -22,10 +22,19 @@ def read_json_object() -> dict[str, Any]:
         raise BadRequestError("request body must be JSON (Content-Type: application/json)")
     body = parsed_json_or_none()
     if body is None:
+        _refuse_if_cut_at_the_limit()
         raise BadRequestError("request body is not valid JSON")
     if not isinstance(body, dict):
         raise BadRequestError("request body must be a JSON object")
     return body
+
+
+def _refuse_if_cut_at_the_limit() -> None:
+    """Raise a 413 if a body sent without a length was cut at MAX_CONTENT_LENGTH (Werkzeug's reader
+    stops there silently, which would otherwise read as "not valid JSON")."""
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(request.get_data()) >= limit:
+        raise PayloadTooLargeError(f"request body too large (limit {limit} bytes)")
 
 
 def require_string(body: dict[str, Any], name: str, *, max_length: int = 1024,

@@ -180,6 +180,24 @@ def test_requests_the_http_server_refuses_get_json_errors_too(start):
         assert headers["referrer-policy"] == "no-referrer"
 
 
+def test_chunked_json_bodies_are_read_and_limited(start):
+    """A JSON body sent chunked (no Content-Length) is read like any other, and still capped at 1 MiB."""
+    server = start()
+
+    def chunks(body: bytes, size: int = 1000):
+        for i in range(0, len(body), size):
+            yield body[i:i + size]
+
+    login = json.dumps({"username": server.username, "password": server.password}).encode()
+    response = requests.post(f"{server.url}/api/auth/login", data=chunks(login),
+                             headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 200 and response.json()["token"]
+    huge = b'{"model_name": "' + b"a" * (2 * 1024 * 1024) + b'"}'
+    response = requests.post(f"{server.url}/api/models/ollama/load", data=chunks(huge, 65536),
+                             headers={**server.headers(), "Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 413 and "too large" in response.json()["error"]
+
+
 @pytest.mark.parametrize("route", ["load", "proxied stream"])
 def test_stop_within_five_seconds_while_a_request_is_in_flight(start, fake_ollama, route):
     """A model load or a streamed generate still running does not hold the stop past 5 s."""
