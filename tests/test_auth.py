@@ -35,6 +35,7 @@ def test_login_returns_a_bearer_token(client):
 @pytest.mark.parametrize("username, password", [
     (USERNAME, "wrong-password"), ("nobody", PASSWORD), ("", ""), (USERNAME, "x" * 73),
     (USERNAME, "é" * 100), (USERNAME.upper(), PASSWORD), (USERNAME, PASSWORD + " "),
+    (USERNAME, "x" * 5000), ("u" * 5000, PASSWORD), (USERNAME, PASSWORD + "x" * 100_000),
 ])
 def test_wrong_credentials_get_one_message(client, username, password):
     response = client.post("/api/auth/login", json={"username": username, "password": password})
