@@ -39,11 +39,20 @@ from vram.poller import VramPoller
 log = logging.getLogger("vram_dashboard")
 
 
+class DashboardFlask(Flask):
+    """Flask, with automatic OPTIONS answers that carry no body and so no text/html content type."""
+
+    def make_default_options_response(self):
+        response = super().make_default_options_response()
+        del response.headers["Content-Type"]  # Flask's default mimetype for its empty body
+        return response
+
+
 def create_app(config: Config | None = None, *, nvml_reader=None, session_store=None) -> Flask:
     """Create and configure an instance of the Flask application."""
     if config is None:
         config = load_config()
-    app = Flask(__name__, static_folder=None)
+    app = DashboardFlask(__name__, static_folder=None)
     # Werkzeug would answer "/api//vram/status" with a 308 redirect whose body is an HTML page;
     # a path that is not a route is a JSON 404 like any other.
     app.url_map.merge_slashes = False

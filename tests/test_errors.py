@@ -15,6 +15,16 @@ def test_doubled_slash_is_json_404_not_an_html_redirect(client, auth, path):
     assert client.get(path).status_code == 401
 
 
+@pytest.mark.parametrize("path", ["/api/vram/status", "/api/auth/login", "/health", "/ollama/api/chat", "/"])
+def test_options_answers_allow_without_an_html_content_type(client, path):
+    response = client.options(path)
+    assert response.status_code == 200 and response.data == b""
+    assert response.headers["Allow"]
+    assert "Content-Type" not in response.headers
+    assert "Content-Security-Policy" not in response.headers
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
 def test_wrong_method_is_json_405(client, auth):
     response = client.delete("/api/vram/status", headers=auth.headers())
     assert response.status_code == 405 and response.is_json
@@ -70,3 +80,13 @@ def test_socketio_handshake_keeps_its_body_and_gains_security_headers(client):
     response = client.get("/socket.io/?EIO=4&transport=polling")
     assert response.status_code == 200 and response.data.startswith(b"0{")
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("config_overrides", [{"cors_allowed_origins": ("http://ok.example",)}])
+@pytest.mark.parametrize("origin, allowed", [("http://ok.example", True), ("http://evil.example", False)])
+def test_cors_preflight_allows_configured_origins_only(client, config_overrides, origin, allowed):
+    response = client.options("/api/vram/status", headers={
+        "Origin": origin, "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "Authorization"})
+    assert response.status_code == 200
+    assert (response.headers.get("Access-Control-Allow-Origin") == origin) is allowed
