@@ -289,6 +289,10 @@ def _parse_bind_host(raw: str) -> str:
         return raw
     except ValueError:
         pass
+    if re.fullmatch(r"[\d.]+", raw):
+        # Only digits and dots is an IPv4 address or nothing ("999.1.1.1" would be looked up as a
+        # name and fail only when the port is bound; "1.2.3" would bind 1.2.0.3).
+        raise ValueError(f"{raw!r} is not a valid IPv4 address")
     if raw == "localhost" or re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?", raw):
         return raw
     raise ValueError(f"must be an IP address or host name, not {raw!r}")

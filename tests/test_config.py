@@ -57,6 +57,8 @@ def test_hash_instead_of_password(tmp_path):
     ({"SESSION_EXPIRY_HOURS": "soon"}, "SESSION_EXPIRY_HOURS"),
     ({"SESSION_EXPIRY_HOURS": "nan"}, "SESSION_EXPIRY_HOURS"),
     ({"DASHBOARD_HOST": "not a host"}, "DASHBOARD_HOST"),
+    ({"DASHBOARD_HOST": "999.1.1.1"}, "DASHBOARD_HOST"),
+    ({"DASHBOARD_HOST": "1.2.3"}, "DASHBOARD_HOST"),
     ({"DASHBOARD_PORT": "0"}, "DASHBOARD_PORT"),
     ({"DASHBOARD_PORT": "70000"}, "DASHBOARD_PORT"),
     ({"DASHBOARD_PORT": "http"}, "DASHBOARD_PORT"),
