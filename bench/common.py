@@ -181,19 +181,18 @@ def server_environment(workdir: Path, port: int, nvml: FakeNvml | None, *, ollam
 
 def start_dashboard(workdir: Path, nvml: FakeNvml | None, *, cpu: int | None = SERVER_CPU,
                     ollama_url: str | None = None, extra: dict[str, str] | None = None,
-                    nodelay: bool = False, stock_broadcast: bool = False) -> LiveServer:
+                    stock_broadcast: bool = False) -> LiveServer:
     """Start `python app.py` (as tests.live does) pinned to `cpu` and wait until /health answers.
 
-    nodelay / stock_broadcast run it through bench/variant_server.py: the same app with
-    TCP_NODELAY set / with python-socketio's own broadcast path.
+    stock_broadcast runs it through bench/variant_server.py: the same app with python-socketio's
+    own broadcast path.
     """
     port = free_port()
     run_dir = workdir / f"server-{port}"
     run_dir.mkdir(parents=True, exist_ok=True)
     env = server_environment(run_dir, port, nvml, ollama_url=ollama_url, extra=extra)
-    variant = {"BENCH_NODELAY": "1" if nodelay else "", "BENCH_STOCK_BROADCAST": "1" if stock_broadcast else ""}
-    env.update(variant)
-    script = REPO / "bench" / "variant_server.py" if nodelay or stock_broadcast else REPO / "app.py"
+    env["BENCH_STOCK_BROADCAST"] = "1" if stock_broadcast else ""
+    script = REPO / "bench" / "variant_server.py" if stock_broadcast else REPO / "app.py"
     log_path = run_dir / "server.log"
     with open(log_path, "wb") as log_file, (pinned(cpu) if cpu is not None else contextlib.nullcontext()):
         proc = subprocess.Popen([sys.executable, str(script)], cwd=run_dir, env=env, stdout=log_file,

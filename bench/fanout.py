@@ -44,7 +44,7 @@ class Worker:
     def __init__(self, port: int, token: str, count: int, deflate: bool):
         with pinned(LOAD_CPU):
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.ws_client", "--port", str(port), "--token", token,
+                [sys.executable, "-m", "bench.ws_client", "--port", str(port), f"--token={token}",
                  "--count", str(count)] + (["--deflate"] if deflate else []),
                 cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.count = count

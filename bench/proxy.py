@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import (LOAD_CPU, REPETITIONS, REPO, SERVER_CPU, Fakes, ProcSampler, Spread, log, percentile,
-                          pinned, start_dashboard, wait_for)
+from bench.common import (LOAD_CPU, REPETITIONS, REPO, SERVER_CPU, Fakes, ProcSampler, Spread, cpu_seconds, log,
+                          percentile, pinned, start_dashboard, wait_for)
 from tests.fakes.fake_ollama import FakeOllama
 from tests.live import free_port
 
@@ -96,7 +96,7 @@ def run_load(url: str, streams: int, token: str | None = None, tokens: int = TOK
     cmd = [sys.executable, "-m", "bench.stream_client", "--url", url + "/api/generate", "--streams", str(streams),
            "--seconds", str(SECONDS), "--tokens", str(tokens)]
     if token:
-        cmd += ["--token", token]
+        cmd.append(f"--token={token}")  # a token may start with "-"
     with pinned(LOAD_CPU):
         out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=SECONDS + 90, check=True)
     result = json.loads(out.stdout)
@@ -114,7 +114,6 @@ def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:
     try:
         fake.set_behaviour(tokens=TOKENS, token_interval_s=0.0)
         servers["proxy"] = start_dashboard(workdir, None, ollama_url=fake.url)
-        servers["proxy+NODELAY"] = start_dashboard(workdir, None, ollama_url=fake.url, nodelay=True)
         nginx = Nginx(workdir, fake.port)
         targets = {"direct": (fake.url, None), "nginx": (nginx.url, None)}
         for name, server in servers.items():
@@ -132,7 +131,13 @@ def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:
                 for name in order:
                     before = fake.count("POST", "/api/generate")
                     url, token = targets[name]
+                    pid = servers[name].proc.pid if name in servers else None
+                    cpu_before = cpu_seconds(pid) if pid else 0.0
                     result[name] = run_load(url, streams, token, tokens)
+                    if pid:
+                        # The dashboard's own CPU time per proxied request: immune to waiting.
+                        result[name]["cpu_us_per_request"] = ((cpu_seconds(pid) - cpu_before) * 1e6
+                                                              / max(result[name]["requests"], 1))
                     if name in upstream:
                         upstream[name][0] += result[name]["requests"]
                         upstream[name][1] += fake.count("POST", "/api/generate") - before
@@ -162,6 +167,8 @@ def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:
                          for metric in ("lines_per_s", "ttfl_p50_ms", "ttfl_p99_ms")}
             row[name]["errors"] = sum(r[name]["error_count"] for r in results)
             row[name]["error_samples"] = sorted({e for r in results for e in r[name]["errors"]})[:5]
+            if name in servers:
+                row[name]["cpu_us_per_request"] = Spread.of(r[name]["cpu_us_per_request"] for r in results).to_json()
             if name != "direct":
                 for metric in ("ratio", "added_p50_ms", "added_p99_ms"):
                     row[name][metric] = Spread.of(r[name][metric] for r in results).to_json()

@@ -71,9 +71,9 @@ TITLES = {"rest": "1. REST", "proxy": "2. Proxy", "fanout": "3. Fan-out", "idle"
           "isolation": "5. Isolation", "progress": "6. Progress relay"}
 
 
-def _rest(r, gpus, nodelay):
+def _rest(r, gpus):
     for s in r.get("rest", {}).get("scenarios", []):
-        if s["gpus"] == gpus and s.get("nodelay", False) == nodelay:
+        if s["gpus"] == gpus and not s.get("nodelay"):
             return s
     return None
 
@@ -88,22 +88,20 @@ def _fan(r, clients, gpus, part="main"):
 def summary_rows(r: dict[str, Any]) -> list[list[str]]:
     rows = []
     for gpus, label in ((2, "2 GPUs"), (8, "8 GPUs × 50 processes")):
-        s, n = _rest(r, gpus, False), _rest(r, gpus, True)
+        s = _rest(r, gpus)
         fig = f"{m(s['ratio'], 2)}× ({s['ratio']['min']:.2f}–{s['ratio']['max']:.2f})" if s else "n/a"
-        if n:
-            fig += f"; with TCP_NODELAY {m(n['ratio'], 2)}×"
         rows.append(["1", f"REST `/api/vram/status` ÷ `/health` req/s, {label}", "≥ 0.9×", fig,
-                     verdict(s["verdict"] if s else None) + (" (✅ with TCP_NODELAY)" if s and not s["verdict"] and n and n["verdict"] else "")])
+                     verdict(s["verdict"] if s else None)])
     p = r.get("proxy")
     for streams in ("1", "8", "8 paced"):
         row = (p or {}).get("by_streams", {}).get(streams)
         if row:
             px = row["proxy"]
-            nd = row.get("proxy+NODELAY", {})
             ok = px["added_p50_ms"]["median"] <= p["target_added_p50_ms"] and px["ratio"]["median"] >= p["target_ratio"]
-            fig = (f"{signed(px['added_p50_ms'])} ms first line, {m(px['ratio'], 2)}× lines/s "
-                   f"(nginx {signed(row['nginx']['added_p50_ms'])} ms, {m(row['nginx']['ratio'], 2)}×; "
-                   f"with TCP_NODELAY {signed(nd.get('added_p50_ms'))} ms, {m(nd.get('ratio'), 2)}×)")
+            cpu = px.get("cpu_us_per_request")
+            fig = (f"{signed(px['added_p50_ms'])} ms first line, {m(px['ratio'], 2)}× lines/s"
+                   + (f", {m(cpu, 0)} µs CPU a request" if cpu else "")
+                   + f" (nginx {signed(row['nginx']['added_p50_ms'])} ms, {m(row['nginx']['ratio'], 2)}×)")
             what = (f"8 streams at {1 / p['paced_interval_s']:.0f} tokens/s each" if streams == "8 paced"
                     else f"{streams} stream(s), full speed")
             rows.append(["2", f"Proxy streaming `/api/generate`, {what}, vs direct", "≤ +0.5 ms p50, ≥ 0.9×",
@@ -175,15 +173,15 @@ def rest_section(x: dict[str, Any], r) -> str:
 repetition ({x.get('repetitions', r.get('repetitions'))} of them, short and interleaved so that bursts of load from other
 processes hit both sides alike) `/health` and `/api/vram/status` (with a bearer token) back to back, in
 alternating order. Target: status ≥ {x['target_ratio']}× health in req/s. "CPU ratio" is health's server CPU time per
-request over status's: it ignores time spent waiting (on the shared CPU, or on Nagle), so it is the
-noise-free half of the picture. "TCP_NODELAY" is the same server started through
-`bench/variant_server.py`, which only sets `TCP_NODELAY` on the listening socket.
+request over status's: it ignores time spent waiting (on the shared CPU, or on the network), so it is the
+noise-free half of the picture. The server sets `TCP_NODELAY` on its listening socket (`concurrency.serve`),
+so a large body's second `send()` no longer waits for the client's delayed ACK.
 
-| snapshot | server | body | health req/s | status req/s | ratio | CPU ratio | health / status CPU µs per request | health / status p50 ms | runqueue wait | verdict |
-|---|---|---|---|---|---|---|---|---|---|---|"""]
+| snapshot | body | health req/s | status req/s | ratio | CPU ratio | health / status CPU µs per request | health / status p50 ms | runqueue wait | verdict |
+|---|---|---|---|---|---|---|---|---|---|"""]
     for s in x["scenarios"]:
         lines.append(
-            f"| {s['scenario']} | {'+ TCP_NODELAY' if s.get('nodelay') else 'as shipped'} | {s['status_body_bytes'] / 1000:.1f} KB "
+            f"| {s['scenario']} | {s['status_body_bytes'] / 1000:.1f} KB "
             f"| {f(s['health_rps'], 0)} | {f(s['status_rps'], 0)} | **{f(s['ratio'], 2)}** | {f(s.get('cpu_ratio'), 2)} "
             f"| {m(s.get('health_cpu_us_per_request'), 0)} / {m(s.get('status_cpu_us_per_request'), 0)} "
             f"| {m(s['health_p50_ms'], 2)} / {m(s['status_p50_ms'], 2)} "
@@ -198,22 +196,24 @@ def proxy_section(x: dict[str, Any], r) -> str:
 `bench/stream_client.py` (one keep-alive connection and thread per stream, pinned to the load core with
 the fake Ollama) POSTs `/api/generate` back to back for {x['seconds']} s; the fake streams {x['tokens']} tokens per
 answer as fast as it can (one chunk per NDJSON line, `TCP_NODELAY`); "8 paced" is 8 streams of
-{x.get('paced_tokens')} tokens at {1 / x.get('paced_interval_s', 1):.0f} tokens/s each, a fast model as a user meets it. Four ways in turn, order
+{x.get('paced_tokens')} tokens at {1 / x.get('paced_interval_s', 1):.0f} tokens/s each, a fast model as a user meets it. Three ways in turn, order
 alternating: **direct** to the fake; **nginx** (`proxy_buffering off`, upstream keep-alive, one worker on the
-server core); the dashboard's **proxy** as shipped; and **proxy+NODELAY** (the same with `TCP_NODELAY`).
-Time to first line is measured from the request's send to the recv that completed the first line.
+server core); the dashboard's **proxy** as shipped. Time to first line is measured from the request's send
+to the recv that completed the first line. "CPU a request" is the dashboard's own CPU time (user +
+system) per proxied request, which waiting on the shared machine does not inflate.
 Targets: ≤ +{x['target_added_p50_ms']} ms at p50 and ≥ {x['target_ratio']}× direct lines/s.
 
-| streams | way | lines/s | ratio to direct | first line p50 ms | added p50 ms | first line p99 ms | malformed answers |
-|---|---|---|---|---|---|---|---|"""]
+| streams | way | lines/s | ratio to direct | first line p50 ms | added p50 ms | first line p99 ms | CPU a request µs | malformed answers |
+|---|---|---|---|---|---|---|---|---|"""]
     for streams, row in x["by_streams"].items():
-        for name in ("direct", "nginx", "proxy", "proxy+NODELAY"):
+        for name in ("direct", "nginx", "proxy"):
             w = row.get(name)
             if not w:
                 continue
             lines.append(f"| {streams} | {name} | {f(w['lines_per_s'], 0)} | {f(w.get('ratio'), 2) if 'ratio' in w else '1'} "
                          f"| {f(w['ttfl_p50_ms'], 2)} | {f(w.get('added_p50_ms'), 2) if 'added_p50_ms' in w else '—'} "
-                         f"| {m(w['ttfl_p99_ms'], 1)} | {w['errors']} |")
+                         f"| {m(w['ttfl_p99_ms'], 1)} | {f(w.get('cpu_us_per_request'), 0) if 'cpu_us_per_request' in w else '—'} "
+                         f"| {w['errors']} |")
     up = x["upstream_requests"]
     lines.append("")
     lines.append("Upstream requests counted by the fake per request the client made: " +
@@ -325,15 +325,25 @@ event never dropped.
 def findings(r: dict[str, Any]) -> str:
     """What limits each miss, with this run's figures where they bear on it."""
     stock, fast = _fan(r, 1000, 2, "stock"), _fan(r, 1000, 2)
-    big, big_nd = _rest(r, 8, False), _rest(r, 8, True)
+    big = _rest(r, 8)
     fan_fig = (f" In this run: p99 {m(stock['p99_ms'])} ms stock against {m(fast['p99_ms'])} ms encoded once, "
                f"server CPU {stock['server']['cpu_percent']:.1f} % against {fast['server']['cpu_percent']:.1f} % "
                f"(1,000 clients, 2 GPUs, one broadcast a second)." if stock and fast else "")
     rss_fig = (f" In this run: {fast['server']['peak_rss_mb']:.0f} MB at 1,000 clients, "
                f"{r['idle']['peak_rss_mb']:.0f} MB idle." if fast and r.get("idle") else "")
     rest_fig = (f" In this run, 8 GPUs × 50 processes: status p50 {m(big['status_p50_ms'], 1)} ms against health "
-                f"{m(big['health_p50_ms'], 1)} ms ({m(big['ratio'], 2)}×) as shipped; with `TCP_NODELAY` "
-                f"{m(big_nd['status_p50_ms'], 1)} ms ({m(big_nd['ratio'], 2)}×)." if big and big_nd else "")
+                f"{m(big['health_p50_ms'], 1)} ms ({m(big['ratio'], 2)}×); the server spent "
+                f"{m(big.get('status_cpu_us_per_request'), 0)} µs of CPU a status request against "
+                f"{m(big.get('health_cpu_us_per_request'), 0)} µs a health check." if big else "")
+    rows = (r.get("proxy") or {}).get("by_streams", {})
+
+    def cpu(case: str) -> str:
+        w = (rows.get(case) or {}).get("proxy", {})
+        return m(w.get("cpu_us_per_request"), 0) if w.get("cpu_us_per_request") else "n/a"
+
+    proxy_fig = (f" In this run the dashboard spent {cpu('1')} µs of CPU a proxied request of {r['proxy']['tokens']} "
+                 f"lines at full speed (1 stream) and {cpu('8 paced')} µs a request of {r['proxy']['paced_tokens']} "
+                 f"paced lines." if rows else "")
     return f"""## What limits the misses, and what was changed
 
 **Fan-out latency (fixed in `sockets/handlers.py`).** Profiling the stock broadcast (py-spy, 500
@@ -351,43 +361,54 @@ holds that socket's send lock: order is kept per socket and a slow client never 
 What remains is mostly the kernel's copy per socket: 56 KB to 1,000 sockets is 56 MB through
 loopback a broadcast, the cost behind the 1,000-client 56 KB row (not a target).
 
-**Fan-out RSS at 1,000 clients (missed; what limits it).** The server holds ~60 MB with no clients,
-of which eventlet's import and `monkey_patch()` with its green DNS (dnspython) is ~27 MB. Each
-websocket then costs ~65 KB: eventlet.wsgi's per-connection buffers, which stay allocated for the
-life of the upgraded connection (a 16 KiB `wfile` and an 8 KiB `rfile`), three green threads (the
-WSGI handler, Engine.IO's writer and its ping sleeper) with their saved stacks, the WSGI environ
-and the Engine.IO/Socket.IO session objects (tracemalloc: +60 MB of Python allocations for 1,000
-sockets).{rss_fig} None of these is in the files this work may change. Ways down, in order of
-effect: `EVENTLET_NO_GREENDNS=yes` before eventlet is imported (−9 MB at start; name lookups then
-block the hub, harmless for an `OLLAMA_HOST` of localhost or an IP); a smaller
-`eventlet.wsgi.HttpProtocol.wbufsize` (only with `TCP_NODELAY`, below); or leaving eventlet's
-per-connection model.
+**Fan-out RSS at 1,000 clients (missed; what limits it).**{rss_fig} Measured separately
+(tracemalloc snapshots of one server before and after 1,000 websockets, 2 GPUs): each websocket
+costs ~60 KB of RSS, and tracemalloc counts ~60 KB of allocations a socket: eventlet.wsgi's
+per-connection buffered files, kept for the life of the upgraded connection (`wfile` 16 KiB and
+`rfile` 8 KiB, resident only where touched), the saved C stacks of the socket's parked green
+threads (~10 KB: eventlet's WSGI handler, Engine.IO's writer), and ~25 KB of Python objects (Engine.IO/Socket.IO sessions, their queue, events and semaphores, the
+websocket object, the WSGI environ with the parsed request headers). The ~60 MB with no client is
+mostly imports, eventlet's `monkey_patch()` and its green DNS (dnspython, ~9 MB). Shrinking both
+eventlet buffers to 1 KiB (`HttpProtocol.wbufsize`/`rbufsize`) measured 114 MB against 120 MB at
+1,000 clients, still over the target and at the price of more `send()`s for every response over
+1 KiB, so it was not made. ≤ 100 MB at 1,000 clients needs ≤ 40 KB a socket: not reachable while
+every websocket is an eventlet WSGI connection with its green threads; the ways down are leaving
+that model (one epoll loop owning the raw websockets) or `EVENTLET_NO_GREENDNS=yes` (−9 MB at
+start, but every name lookup then blocks the whole hub, so only with an IP for `OLLAMA_HOST`).
 
-**REST with large snapshots, and proxy streaming: Nagle (missed as shipped; fix proposed).**
-eventlet.wsgi writes through a 16 KiB buffered file: a body over ~16 KB leaves as two `send()`s
-(headers, then body), and a streamed body as one `send()` per chunk. The server never sets
-`TCP_NODELAY`, so Nagle holds each send after the first until the client ACKs, and clients delay
-ACKs by up to 40 ms.{rest_fig} Setting `TCP_NODELAY` once on the listening socket (Linux copies it
-to accepted sockets) removes the stall; `bench/variant_server.py` does only that, and the tables
-show both. The change belongs in `app.py`: create the listener with `eventlet.listen((host, port))`,
-set `TCP_NODELAY` on it, and serve with `eventlet.wsgi.server(listener, app, minimum_chunk_size=1,
-max_size=..., log_output=...)`, which is what `socketio.run` does inside.
+**REST with large snapshots: Nagle (fixed); the body's cost.** eventlet.wsgi writes through a 16 KiB buffered
+file, so a body over ~16 KB leaves as two `send()`s (headers, then body), and without
+`TCP_NODELAY` the second waited for the client's delayed ACK (up to 40 ms; status p50 44 ms
+against 10 ms for health, 0.23×, in the previous report). The server now sets `TCP_NODELAY` on its
+listening socket (`concurrency.serve`; Linux copies it to accepted sockets).{rest_fig} What is
+left of the gap is CPU, not waiting: handing 56 KB to the kernel (a loopback `send()` also does the
+receiving side's work) costs ~0.1 ms more than the 2-GPU body, which is about a fifth of a request
+now that one costs ~0.5 ms, so the 8-GPU ratio sits at the target and moves across it between runs
+minutes apart on this shared machine (0.80–0.91 in three runs while this report was written).
 
-**Proxy first line and throughput (missed; where the time goes).** A proxied request costs
-milliseconds more than going direct on this machine, and CPU, not waiting, is most of it: py-spy
-puts the server's busy time in `requests` (`Session.request`: preparing the request, merging
-settings, hooks; ~1.8 ms a call measured around `open_raw`, and the same fake answers a plain
-`requests` client 2–3 ms after the send against 0.4–0.7 ms for the raw client here) and in Flask,
-flask-limiter's per-request hooks and the credential check (~0.8 ms, what `/api/auth/me` costs).
-urllib3 also sends the upstream request's headers and body as two `send()`s. Per line, the proxy
-writes each upstream chunk as its own downstream `send()` even when many lines are already
-buffered, where nginx forwards whatever is available in one write; at the fake's full speed that
-is a wake-up of the client per line, on a core the client shares. With paced streams (the "8
-paced" rows: what a user of a fast model sees) the proxy keeps up with the tokens, but each
-answer's first line still comes milliseconds late. Candidates for the proxy's owner: use
-`urllib3`'s pool directly (no per-call preparation; headers and a small body in one send), skip the
-limiter's hooks outside `/api/auth/login`, forward everything already buffered in one write, and
-`TCP_NODELAY` (above).
+**Proxy first line and throughput (missed; what was changed, what is left).** Changed:
+`OllamaClient` speaks to Ollama through urllib3's connection pool directly, not `requests` (whose
+per-call preparation merges settings and environment and runs hooks for features all off here);
+Ollama's chunked answer is decoded a receive at a time (all the NDJSON lines one `recv()` brought,
+in a few operations, where urllib3's `read_chunked()` made about a dozen Python calls a line); and
+Flask-Limiter's request hooks run for the auth blueprint only (~0.15 ms on every request before,
+even where its filter skipped the route). Together, A/B against the previous code in one run on
+this machine: 2.85 → 2.16 ms of CPU a one-line proxied request. Already in before this work:
+`TCP_NODELAY`, and one downstream write for all that has arrived.{proxy_fig} What is left is Python work that nginx does in C: per request, eventlet.wsgi
+parsing the request (headers through the `email` package), Flask's context, routing and hooks,
+the credential check, http.client sending the upstream request and parsing Ollama's status and
+headers (`email` again), and a pump green thread; then for every receive that brings new lines,
+a wake-up of eventlet's hub, the pump handing the lines to the writer, a de-chunk, a re-chunk and
+a `send()`. Such a wake-up costs ~0.2–0.6 ms of CPU here (one stream, lines arriving one by one:
+~0.23 ms a line at 2,000 lines/s, ~0.57 ms at 100 lines/s; a 200-line answer at full speed arrives
+in ~50 receives), several times what the same code costs when it runs back to back; we read
+this as a shared 2-vCPU machine running a process that was idle even for a millisecond slowly
+(cold caches) on its next wake-up. That is why paced streams see the first line late by several ms although
+the dashboard is mostly idle, and why +0.5 ms is out of reach for a Python proxy here. Next
+candidate, measured but not made: relaying synchronously instead of through the pump green thread
+(each read already returns all that arrived, and a slow client's backpressure would sit in the
+kernel's socket buffers): −12–17 % CPU a streamed request and ~−1.5 ms first line when paced;
+the pump has tests of its own (tests/test_proxy_pump.py) that would have to be rewritten around it.
 """
 
 

@@ -37,10 +37,9 @@ def run_wrk(url: str, headers: dict[str, str], duration_s: int = DURATION_S,
             "socket_errors": socket_errors.group(1) if socket_errors else ""}
 
 
-def bench_scenario(fakes: Fakes, workdir: Path, name: str, scenario, gpus: int,
-                   nodelay: bool = False) -> dict[str, Any]:
+def bench_scenario(fakes: Fakes, workdir: Path, name: str, scenario, gpus: int) -> dict[str, Any]:
     nvml = fakes.nvml(f"rest-{gpus}", scenario)
-    server = start_dashboard(workdir, nvml, nodelay=nodelay)
+    server = start_dashboard(workdir, nvml)
     try:
         body = wait_for_gpus(server, gpus)
         body_bytes = len(requests.get(server.url + "/api/vram/status", headers=server.headers()).content)
@@ -66,13 +65,13 @@ def bench_scenario(fakes: Fakes, workdir: Path, name: str, scenario, gpus: int,
             result["ratio"] = result["status"]["rps"] / result["health"]["rps"]
             result["cpu_ratio"] = result["health"]["cpu_us_per_request"] / result["status"]["cpu_us_per_request"]
             reps.append(result)
-            log(f"REST {name}{' +NODELAY' if nodelay else ''} rep {rep + 1}: health {result['health']['rps']:.0f} req/s, "
+            log(f"REST {name} rep {rep + 1}: health {result['health']['rps']:.0f} req/s, "
                 f"status {result['status']['rps']:.0f} req/s, ratio {result['ratio']:.3f}")
         proc = sampler.result()
     finally:
         server.stop()
     summary = {
-        "scenario": name, "gpus": gpus, "nodelay": nodelay, "processes": len(body.get("processes", [])),
+        "scenario": name, "gpus": gpus, "processes": len(body.get("processes", [])),
         "status_body_bytes": body_bytes, "reps": reps, "server": proc,
         "ratio": Spread.of(r["ratio"] for r in reps).to_json(),
         "cpu_ratio": Spread.of(r["cpu_ratio"] for r in reps).to_json(),
@@ -86,9 +85,8 @@ def bench_scenario(fakes: Fakes, workdir: Path, name: str, scenario, gpus: int,
 
 
 def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:
-    """Measure the server as shipped and, beside it, with TCP_NODELAY (bench/nodelay_server.py)."""
+    """Measure the server as shipped, once per snapshot size."""
     return {
         "connections": CONNECTIONS, "duration_s": DURATION_S, "repetitions": REPS, "target_ratio": TARGET_RATIO,
-        "scenarios": [bench_scenario(fakes, workdir, name, make(), gpus, nodelay)
-                      for name, make, gpus in SCENARIOS for nodelay in (False, True)],
+        "scenarios": [bench_scenario(fakes, workdir, name, make(), gpus) for name, make, gpus in SCENARIOS],
     }
