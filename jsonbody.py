@@ -1,39 +1,50 @@
-"""Reading JSON request bodies: one object, typed fields, 400s that name the field."""
+"""Reading JSON request bodies: one object, typed fields, 400s that name the field, 413s."""
 from __future__ import annotations
 
 from typing import Any
 
 from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from errors import BadRequestError, PayloadTooLargeError
 
 
 def parsed_json_or_none() -> Any:
-    """Return the decoded JSON body, or None when it is missing or does not decode."""
+    """Return the decoded JSON body, or None when it is missing, too large or does not decode."""
     try:
         return request.get_json(silent=True)
-    except RecursionError:  # nested deeper than the decoder recurses; silent=True only covers ValueError
+    # RecursionError: nested deeper than the decoder recurses (silent=True only covers ValueError);
+    # RequestEntityTooLarge: over MAX_CONTENT_LENGTH, which read_json_object reports as our 413.
+    except (RecursionError, RequestEntityTooLarge):
         return None
 
 
 def read_json_object() -> dict[str, Any]:
-    """Return the request body as a JSON object, or raise a 400 that says what is wrong."""
+    """Return the request body as a JSON object, or raise a 400 (or 413) that says what is wrong."""
+    _refuse_if_too_large(read=False)
     if not request.is_json:
         raise BadRequestError("request body must be JSON (Content-Type: application/json)")
     body = parsed_json_or_none()
     if body is None:
-        _refuse_if_cut_at_the_limit()
+        _refuse_if_too_large(read=True)
         raise BadRequestError("request body is not valid JSON")
     if not isinstance(body, dict):
         raise BadRequestError("request body must be a JSON object")
     return body
 
 
-def _refuse_if_cut_at_the_limit() -> None:
-    """Raise a 413 if a body sent without a length was cut at MAX_CONTENT_LENGTH (Werkzeug's reader
-    stops there silently, which would otherwise read as "not valid JSON")."""
+def _refuse_if_too_large(*, read: bool) -> None:
+    """Raise a 413 (an ApiError, so model operations give it their shape) for a body over the limit.
+
+    A declared length is checked without reading. A body sent without one is cut at the limit by
+    Werkzeug's reader, silently; with `read`, such a body that reached the limit counts as over it.
+    """
     limit = request.max_content_length
-    if request.content_length is None and limit is not None and len(request.get_data()) >= limit:
+    if limit is None:
+        return
+    declared = request.content_length
+    if (declared is not None and declared > limit) or (
+            read and declared is None and len(request.get_data()) >= limit):
         raise PayloadTooLargeError(f"request body too large (limit {limit} bytes)")
 
 

@@ -138,6 +138,16 @@ def test_malformed_bodies_are_400_naming_the_problem(api, fake_ollama, route, kw
 
 
 @pytest.mark.parametrize("route", MODEL_OPS)
+def test_body_over_the_limit_is_413_in_the_model_operation_shape(api, fake_ollama, route):
+    message = "request body too large (limit 1048576 bytes)"
+    response = api("post", route, data=b'{"model_name": "' + b"a" * (1024 * 1024) + b'"}',
+                   content_type="application/json")
+    assert response.status_code == 413
+    assert response.get_json() == {"error": message, "success": False, "message": message, "model_name": ""}
+    assert model_api_requests(fake_ollama) == []
+
+
+@pytest.mark.parametrize("route", MODEL_OPS)
 @pytest.mark.parametrize("name,problem", BAD_NAMES)
 def test_bad_names_are_400_before_anything_reaches_ollama(api, fake_ollama, route, name, problem):
     response = api("post", route, json={"model_name": name})
