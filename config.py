@@ -201,11 +201,15 @@ def load_config(environ: Mapping[str, str] | None = None, dotenv_path: str | os.
                 *, bcrypt_rounds: int = 12) -> Config:
     """Read the environment over `.env` into a Config, or raise ConfigError listing every problem."""
     env: dict[str, str] = {}
+    problems: list[str] = []
     if dotenv_path is not None and Path(dotenv_path).is_file():
-        env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+        try:
+            env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            problems.append(f"{dotenv_path}: cannot read it: {reason}")
     env.update(os.environ if environ is None else environ)
 
-    problems: list[str] = []
     values: dict[str, object] = {}
 
     def get(name: str, default: str = "") -> str:
@@ -237,6 +241,9 @@ def load_config(environ: Mapping[str, str] | None = None, dotenv_path: str | os.
         problems.append("DASHBOARD_AUTH_PASSWORD: required unless DASHBOARD_AUTH_PASSWORD_HASH is set")
     elif len(password) < 8:
         problems.append("DASHBOARD_AUTH_PASSWORD: must be at least 8 characters")
+    elif not _is_utf8(password):
+        # Bytes that are not UTF-8 reach os.environ as surrogates; no JSON login could match them.
+        problems.append("DASHBOARD_AUTH_PASSWORD: must be UTF-8 text")
     elif len(password.encode("utf-8")) > 72:
         problems.append("DASHBOARD_AUTH_PASSWORD: must be at most 72 bytes (bcrypt ignores the rest)")
 
@@ -281,6 +288,14 @@ def load_config(environ: Mapping[str, str] | None = None, dotenv_path: str | os.
         # Hash at start-up so the plain password is never kept in memory past this point.
         hashed = hash_password(password, rounds=bcrypt_rounds)
     return Config(auth_username=username, auth_password_hash=hashed, proxy_auth_token=token, **values)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_bind_host(raw: str) -> str:

@@ -51,6 +51,7 @@ def test_hash_instead_of_password(tmp_path):
     ({"DASHBOARD_AUTH_PASSWORD": "short"}, "DASHBOARD_AUTH_PASSWORD"),
     ({"DASHBOARD_AUTH_PASSWORD": "x" * 73}, "DASHBOARD_AUTH_PASSWORD"),
     ({"DASHBOARD_AUTH_PASSWORD": "é" * 37}, "DASHBOARD_AUTH_PASSWORD"),
+    ({"DASHBOARD_AUTH_PASSWORD": "password\udcff"}, "DASHBOARD_AUTH_PASSWORD"),  # a 0xFF byte in environ
     ({"DASHBOARD_AUTH_PASSWORD_HASH": "not-a-hash"}, "DASHBOARD_AUTH_PASSWORD_HASH"),
     ({"SESSION_EXPIRY_HOURS": "0"}, "SESSION_EXPIRY_HOURS"),
     ({"SESSION_EXPIRY_HOURS": "-1"}, "SESSION_EXPIRY_HOURS"),
@@ -118,6 +119,14 @@ def test_dotenv_is_read_beneath_the_environment(tmp_path):
     config = load_config({"DASHBOARD_PORT": "7000", "DASHBOARD_DATA_DIR": str(tmp_path / "d")},
                          dotenv_path=dotenv, bcrypt_rounds=4)
     assert config.auth_username == "from-file" and config.port == 7000
+
+
+def test_dotenv_that_is_not_utf8_is_a_configuration_error(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_bytes(b"DASHBOARD_AUTH_USERNAME=x\xff\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(dict(BASE, DASHBOARD_DATA_DIR=str(tmp_path / "d")), dotenv_path=dotenv, bcrypt_rounds=4)
+    assert info.value.problems == [f"{dotenv}: cannot read it: it is not UTF-8 text"]
 
 
 @pytest.mark.parametrize("raw, url", [
