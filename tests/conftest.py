@@ -50,9 +50,9 @@ def clock():
 
 
 @pytest.fixture
-def config_overrides():
-    """Override in a test module (or with @pytest.mark.parametrize(indirect=True)) to change the config."""
-    return {}
+def config_overrides(request):
+    """Config fields to change: parametrize this fixture (directly or indirect=True) or override it."""
+    return dict(getattr(request, "param", {}))
 
 
 @pytest.fixture
