@@ -103,6 +103,16 @@ def start_server(tmp_path: Path, *, env: dict[str, str] | None = None, wait: boo
     return server
 
 
+def wait_for(predicate, timeout: float = 5.0) -> bool:
+    """Poll `predicate` until it is true (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def wait_until_up(server: LiveServer, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -29,7 +29,7 @@ import socketio
 from eventlet.semaphore import Semaphore
 
 from tests.fakes.fake_nvml import FakeNvml, FakeProcess, eight_gpus_fifty_processes
-from tests.live import start_server
+from tests.live import start_server, wait_for
 
 INTERVAL = 0.2
 STALL_S = 2.0  # how long the slow client stops reading
@@ -274,15 +274,6 @@ def sio_clients():
     yield _connect
     for client in clients:
         client.disconnect()
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def rest_status(live) -> dict:

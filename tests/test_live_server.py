@@ -12,7 +12,7 @@ import requests
 import socketio
 
 from tests.fakes.fake_nvml import FakeNvml, two_gpus
-from tests.live import start_server
+from tests.live import start_server, wait_for
 
 pytestmark = pytest.mark.live
 
@@ -51,15 +51,6 @@ def connect_client(server, token, events):
     client.connect(server.url, auth={"token": token} if token else None, transports=["websocket"],
                    wait_timeout=5)
     return client
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_status_from_the_fake_driver(start):
