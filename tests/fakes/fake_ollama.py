@@ -257,6 +257,14 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             self.record["finished_at"] = time.time()
 
+    def _body_and_model(self, *, openai: bool = False):
+        """Read the JSON body and the model it names; None once an error answer has been sent."""
+        body = self._json_body()
+        if body is None:
+            return None
+        record = (self._openai_model_or_404 if openai else self._model_or_404)(body)
+        return None if record is None else (body, record)
+
     def _json_body(self) -> dict[str, Any] | None:
         try:
             body = json.loads(self.body or b"{}")
@@ -436,12 +444,10 @@ class Handler(BaseHTTPRequestHandler):
         return record
 
     def show(self):
-        body = self._json_body()
-        if body is None:
+        found = self._body_and_model()
+        if found is None:
             return
-        record = self._model_or_404(body)
-        if record is None:
-            return
+        body, record = found
         details = record["details"]
         self._send_json(200, {
             "license": "LICENSE", "modelfile": f"FROM {record['name']}\n",
@@ -453,12 +459,10 @@ class Handler(BaseHTTPRequestHandler):
         })
 
     def generate(self):
-        body = self._json_body()
-        if body is None:
+        found = self._body_and_model()
+        if found is None:
             return
-        record = self._model_or_404(body)
-        if record is None:
-            return
+        body, record = found
         name = record["name"]
         prompt = body.get("prompt") or ""
         keep_alive = body.get("keep_alive")
@@ -492,12 +496,10 @@ class Handler(BaseHTTPRequestHandler):
                                                "done": False}, final)
 
     def chat(self):
-        body = self._json_body()
-        if body is None:
+        found = self._body_and_model()
+        if found is None:
             return
-        record = self._model_or_404(body)
-        if record is None:
-            return
+        body, record = found
         name = record["name"]
         self._mark_loaded(name, body.get("keep_alive"))
         tokens = _tokens(self.behaviour["tokens"])
@@ -542,24 +544,20 @@ class Handler(BaseHTTPRequestHandler):
             STATE.loaded[full_name(name)] = {"size_vram": None, "expires_at": expires}
 
     def embed(self):
-        body = self._json_body()
-        if body is None:
+        found = self._body_and_model()
+        if found is None:
             return
-        record = self._model_or_404(body)
-        if record is None:
-            return
+        body, record = found
         inputs = body.get("input", "")
         inputs = inputs if isinstance(inputs, list) else [inputs]
         self._send_json(200, {"model": record["name"], "embeddings": [_vector(str(i)) for i in inputs],
                               "total_duration": 14143917, "load_duration": 1019500, "prompt_eval_count": 8})
 
     def embeddings(self):
-        body = self._json_body()
-        if body is None:
+        found = self._body_and_model()
+        if found is None:
             return
-        record = self._model_or_404(body)
-        if record is None:
-            return
+        body, record = found
         self._send_json(200, {"embedding": _vector(str(body.get("prompt", "")))})
 
     def pull(self):
@@ -694,21 +692,17 @@ class Handler(BaseHTTPRequestHandler):
         self._send_json(200, _openai_model(record))
 
     def v1_chat_completions(self):
-        body = self._json_body()
-        if body is None:
+        found = self._body_and_model(openai=True)
+        if found is None:
             return
-        record = self._openai_model_or_404(body)
-        if record is None:
-            return
+        body, record = found
         self._openai_completion(record["name"], body, chat=True)
 
     def v1_completions(self):
-        body = self._json_body()
-        if body is None:
+        found = self._body_and_model(openai=True)
+        if found is None:
             return
-        record = self._openai_model_or_404(body)
-        if record is None:
-            return
+        body, record = found
         self._openai_completion(record["name"], body, chat=False)
 
     def _openai_completion(self, name: str, body: dict[str, Any], *, chat: bool) -> None:
@@ -747,12 +741,10 @@ class Handler(BaseHTTPRequestHandler):
             self._end_stream()
 
     def v1_embeddings(self):
-        body = self._json_body()
-        if body is None:
+        found = self._body_and_model(openai=True)
+        if found is None:
             return
-        record = self._openai_model_or_404(body)
-        if record is None:
-            return
+        body, record = found
         inputs = body.get("input", "")
         inputs = inputs if isinstance(inputs, list) else [inputs]
         self._send_json(200, {"object": "list", "model": record["name"],
