@@ -15,6 +15,8 @@ import eventlet.wsgi
 import greenlet
 from eventlet.semaphore import Semaphore
 
+from security import SECURITY_HEADERS
+
 ASYNC_MODE = "eventlet"
 T = TypeVar("T")
 
@@ -84,11 +86,10 @@ class _RequestPool(eventlet.GreenPool):
             thread.kill()
 
 
-# The headers security.py puts on every response the app makes; the protocol errors below are
-# answered by the HTTP server itself, before any app code runs.
-_ERROR_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
 
 
+# The HTTP server answers these refusals itself, before any app code runs, so it adds the
+# security headers itself too.
 class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
     """eventlet's HTTP/1.1 protocol, answering the requests it refuses itself in the JSON error shape
     (and telling Werkzeug that a chunked body is safe to read).
@@ -100,7 +101,7 @@ class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
     def _refuse(self, code: int, reason: str, message: str) -> None:
         body = json.dumps({"error": message}).encode()
         head = [f"HTTP/1.1 {code} {reason}", "Connection: close", "Content-Type: application/json",
-                f"Content-Length: {len(body)}", *(f"{name}: {value}" for name, value in _ERROR_HEADERS)]
+                f"Content-Length: {len(body)}", *(f"{name}: {value}" for name, value in SECURITY_HEADERS)]
         try:
             self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
             self.wfile.flush()

@@ -11,6 +11,8 @@ from config import Config
 from errors import BadRequestError
 
 
+# On every response: the app's (after_request), Socket.IO's (EngineIoResponses) and the HTTP
+# server's own refusals (concurrency.serve).
 SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
 
 
@@ -81,8 +83,8 @@ def register_security(app: Flask, config: Config) -> None:
     @app.after_request
     def add_headers(response):
         headers = response.headers
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("Referrer-Policy", "no-referrer")
+        for name, value in SECURITY_HEADERS:
+            headers.setdefault(name, value)
         if response.mimetype == "text/html":
             host = request.host
             headers.setdefault(
