@@ -433,10 +433,17 @@ class Handler(BaseHTTPRequestHandler):
         with STATE.lock:
             return STATE.models.get(full_name(name))
 
-    def _model_or_404(self, body: dict[str, Any]) -> dict[str, Any] | None:
+    def _model_name_or_400(self, body: dict[str, Any]) -> str | None:
+        """Return the model the body names, or answer 400 as Ollama does and return None."""
         name = body.get("model") or body.get("name")
         if not isinstance(name, str) or not name:
             self._send_json(400, {"error": "model is required"})
+            return None
+        return name
+
+    def _model_or_404(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        name = self._model_name_or_400(body)
+        if name is None:
             return None
         record = self._find(name)
         if record is None:
@@ -564,9 +571,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self._json_body()
         if body is None:
             return
-        name = body.get("model") or body.get("name")
-        if not isinstance(name, str) or not name:
-            self._send_json(400, {"error": "model is required"})
+        name = self._model_name_or_400(body)
+        if name is None:
             return
         cfg = self.behaviour["pull"]
         stream = body.get("stream") is not False
@@ -655,9 +661,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self._json_body()
         if body is None:
             return
-        name = body.get("model") or body.get("name")
-        if not isinstance(name, str) or not name:
-            self._send_json(400, {"error": "model is required"})
+        name = self._model_name_or_400(body)
+        if name is None:
             return
         with STATE.lock:
             record = STATE.models.pop(full_name(name), None)
