@@ -113,6 +113,12 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:
     return False
 
 
+def wait_until(predicate, timeout_s: float = 5.0) -> None:
+    """Wait for `predicate` like wait_for, and fail the test when it is not met in time."""
+    if not wait_for(predicate, timeout_s):
+        raise AssertionError(f"condition not met within {timeout_s} s")
+
+
 def wait_until_up(server: LiveServer, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

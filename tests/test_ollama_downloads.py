@@ -9,6 +9,7 @@ import pytest
 import concurrency
 from ollama_client.client import OllamaClient
 from ollama_client.downloads import DownloadManager
+from tests.live import wait_until
 from tests.test_vram import ScriptedReader, reading
 
 BASE = "/api/models/ollama"
@@ -52,14 +53,6 @@ def events(services, monkeypatch):
     return recorder
 
 
-def wait_for(predicate, timeout_s=3.0):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
 def layer(model, index):
     return "pulling " + hashlib.sha256(f"{model}/{index}".encode()).hexdigest()[:12]
 
@@ -75,7 +68,7 @@ def test_download_reports_whole_model_progress_until_complete(api, fake_ollama, 
     response = api("post", "download", json={"model_name": "tiny:1b"})
     assert (response.status_code, response.get_json()) == (202, {
         "success": True, "message": "Download started", "model_name": "tiny:1b"})
-    wait_for(lambda: events.final("tiny:1b"))
+    wait_until(lambda: events.final("tiny:1b"))
 
     payloads = events.payloads()
     assert payloads[0] == {"model_name": "tiny:1b", "progress": "0.0%", "percent": 0.0, "status": "downloading",
@@ -101,7 +94,7 @@ def test_progress_never_goes_backwards_when_ollama_rolls_back(api, fake_ollama, 
     services.downloads.min_interval_s = 0  # see every update
     fake_ollama.set_behaviour(pull={"layers": [1000, 1000], "lines_per_layer": 4, "rollback_after_lines": 3})
     api("post", "download", json={"model_name": "tiny"})
-    wait_for(lambda: events.final("tiny"))
+    wait_until(lambda: events.final("tiny"))
     progress = [(p["percent"], p["completed_bytes"], p["message"]) for p in events.payloads() if p["total_bytes"]]
     first, second = layer("tiny", 0), layer("tiny", 1)
     # Layer 1: 0, 250, 500, (rolled back to 375: ignored), 750, 1000; then layer 2 grows the total.
@@ -115,7 +108,7 @@ def test_events_are_throttled_to_four_per_second(api, fake_ollama, events):
     fake_ollama.set_behaviour(pull={"layers": [10_000_000, 1000], "lines_per_layer": 100, "line_interval_s": 0.004})
     started = time.monotonic()
     api("post", "download", json={"model_name": "throttled"})
-    wait_for(lambda: events.final("throttled"), timeout_s=5)
+    wait_until(lambda: events.final("throttled"), timeout_s=5)
     elapsed = time.monotonic() - started
     times = [t for t, p in events.events]
     running = [t for t, p in events.events if p["status"] == "downloading"]
@@ -130,7 +123,7 @@ def test_the_latest_progress_is_flushed_when_ollama_goes_quiet(api, fake_ollama,
     # 6 lines arrive at once, then nothing: the throttled update must still go out ~0.25 s later.
     fake_ollama.set_behaviour(pull={"layers": [1000], "lines_per_layer": 10, "hang_after_lines": 6})
     api("post", "download", json={"model_name": "stalls"})
-    wait_for(lambda: any(p["completed_bytes"] == 400 for p in events.payloads()), timeout_s=1.0)
+    wait_until(lambda: any(p["completed_bytes"] == 400 for p in events.payloads()), timeout_s=1.0)
     first, last = events.events[0][0], events.events[-1][0]
     assert 0.2 <= last - first <= 0.5
     assert events.payloads()[-1] == {"model_name": "stalls", "progress": "40.0%", "percent": 40.0,
@@ -142,7 +135,7 @@ def test_the_latest_progress_is_flushed_when_ollama_goes_quiet(api, fake_ollama,
 def test_a_running_download_can_be_read_back(api, fake_ollama):
     fake_ollama.set_behaviour(pull={"layers": [1000], "lines_per_layer": 4, "hang_after_lines": 4})
     api("post", "download", json={"model_name": "reload-me"})
-    wait_for(lambda: api("get", "downloads").get_json()["downloads"][0]["completed_bytes"] == 500)
+    wait_until(lambda: api("get", "downloads").get_json()["downloads"][0]["completed_bytes"] == 500)
     [job] = api("get", "downloads").get_json()["downloads"]
     assert {k: v for k, v in job.items() if k not in ("started_at", "message")} == {
         "model_name": "reload-me", "status": "downloading", "progress": "50.0%", "percent": 50.0,
@@ -167,7 +160,7 @@ def test_concurrent_requests_share_one_pull(app, auth, fake_ollama, events):
     for thread in threads:
         thread.wait()
     assert sorted(answers) == [(202, "Download already in progress; joined it")] * 4 + [(202, "Download started")]
-    wait_for(lambda: events.final("shared"))
+    wait_until(lambda: events.final("shared"))
     assert fake_ollama.count("POST", "/api/pull") == 1
     assert [p["status"] for p in events.payloads()].count("complete") == 1
 
@@ -176,7 +169,7 @@ def test_a_finished_download_can_be_started_again(api, fake_ollama, events):
     fake_ollama.set_behaviour(pull={"layers": [10], "lines_per_layer": 1})
     for _ in range(2):
         assert api("post", "download", json={"model_name": "again"}).get_json()["message"] == "Download started"
-        wait_for(lambda: events.final("again"))
+        wait_until(lambda: events.final("again"))
         events.events.clear()
     assert fake_ollama.count("POST", "/api/pull") == 2
     assert len(api("get", "downloads").get_json()["downloads"]) == 1
@@ -190,7 +183,7 @@ def test_cancel_closes_the_upstream_pull(api, fake_ollama, events):
     response = api("post", "download/cancel", json={"model_name": "big:70b"})
     assert (response.status_code, response.get_json()) == (200, {
         "success": True, "message": "Download cancelled", "model_name": "big:70b"})
-    wait_for(lambda: fake_ollama.cancelled_pulls() == ["big:70b"])
+    wait_until(lambda: fake_ollama.cancelled_pulls() == ["big:70b"])
     final = events.payloads()[-1]
     assert (final["status"], final["message"]) == ("cancelled", "Download cancelled")
     time.sleep(0.3)  # nothing may follow the final event (no late flush)
@@ -214,7 +207,7 @@ def test_cancel_when_nothing_runs_is_404(api, fake_ollama):
 
 def test_unknown_model_is_an_error_event_with_ollamas_message(api, fake_ollama, events):
     assert api("post", "download", json={"model_name": "does-not-exist"}).status_code == 202
-    wait_for(lambda: events.final("does-not-exist"))
+    wait_until(lambda: events.final("does-not-exist"))
     message = "Ollama: pull model manifest: file does not exist"
     assert events.payloads()[-1] == {"model_name": "does-not-exist", "progress": "0.0%", "percent": 0.0,
                                      "status": "error", "completed_bytes": 0, "total_bytes": 0, "message": message}
@@ -226,7 +219,7 @@ def test_unknown_model_is_an_error_event_with_ollamas_message(api, fake_ollama, 
 def test_an_error_line_mid_pull_ends_the_job_with_that_message(api, fake_ollama, events):
     fake_ollama.set_behaviour(pull={"error_after_lines": 4, "error": "max retries exceeded: unexpected EOF"})
     api("post", "download", json={"model_name": "flaky"})
-    wait_for(lambda: events.final("flaky"))
+    wait_until(lambda: events.final("flaky"))
     final = events.payloads()[-1]
     assert (final["status"], final["message"]) == ("error", "Ollama: max retries exceeded: unexpected EOF")
     assert [p["status"] for p in events.payloads()].count("error") == 1
@@ -236,7 +229,7 @@ def test_an_error_line_mid_pull_ends_the_job_with_that_message(api, fake_ollama,
 def test_scenario_ollama_dies_mid_pull(api, fake_ollama, events, how):
     fake_ollama.set_behaviour(pull={"layers": [1000], "lines_per_layer": 10, how: 4})
     api("post", "download", json={"model_name": "doomed"})
-    wait_for(lambda: events.final("doomed"))
+    wait_until(lambda: events.final("doomed"))
     final = events.payloads()[-1]
     assert final["status"] == "error"
     assert final["message"] == (f"Ollama is not reachable at {fake_ollama.url}: the connection broke "
@@ -275,7 +268,7 @@ def test_shutdown_marks_running_downloads_interrupted(api, fake_ollama, events, 
     final = events.payloads()[-1]
     assert (final["status"], final["message"]) == ("error", "interrupted: server shutting down")
     assert api("get", "downloads").get_json()["downloads"][0]["error"] == "interrupted: server shutting down"
-    wait_for(lambda: fake_ollama.cancelled_pulls() == ["interrupted"])
+    wait_until(lambda: fake_ollama.cancelled_pulls() == ["interrupted"])
     response = api("post", "download", json={"model_name": "later"})
     assert (response.status_code, response.get_json()["error"]) == (503, "the server is shutting down")
 
@@ -286,7 +279,7 @@ def test_finished_downloads_are_listed_for_an_hour(fake_ollama, clock):
     manager = DownloadManager(ollama, lambda event, payload: published.append(payload), clock=clock)
     fake_ollama.set_behaviour(pull={"layers": [10], "lines_per_layer": 1})
     manager.start("key", "hourly")
-    wait_for(lambda: published and published[-1]["status"] == "complete")
+    wait_until(lambda: published and published[-1]["status"] == "complete")
     clock.advance(3600)
     assert [d["model_name"] for d in manager.list()] == ["hourly"]
     clock.advance(1)
@@ -301,7 +294,7 @@ def test_authenticated_sockets_receive_progress(app, client, auth, services, fak
     stranger = services.socketio.test_client(app, flask_test_client=client)
     assert listener.is_connected() and not stranger.is_connected()
     client.post(f"{BASE}/download", json={"model_name": "watched"}, headers=auth.headers())
-    wait_for(lambda: services.downloads.list()[0]["status"] == "complete")
+    wait_until(lambda: services.downloads.list()[0]["status"] == "complete")
     received = [e["args"][0] for e in listener.get_received() if e["name"] == "model_download_progress"]
     assert received[0]["message"] == "Download started"
     assert received[-1]["status"] == "complete"

@@ -8,7 +8,7 @@ import pytest
 import requests
 import socketio
 
-from tests.live import start_server
+from tests.live import start_server, wait_until
 
 pytestmark = pytest.mark.live
 BASE = "/api/models/ollama"
@@ -40,14 +40,6 @@ def watch(server):
         client.disconnect()
 
 
-def wait_for(predicate, timeout_s=5.0):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
-
-
 def test_a_socketio_client_watches_a_download_from_start_to_end(server, fake_ollama, watch):
     layers, per_layer, interval_s = [3_000_000_000, 12_000, 500], 40, 0.01
     fake_ollama.set_behaviour(pull={"layers": layers, "lines_per_layer": per_layer, "line_interval_s": interval_s})
@@ -56,7 +48,7 @@ def test_a_socketio_client_watches_a_download_from_start_to_end(server, fake_oll
     response = requests.post(f"{server.url}{BASE}/download", json={"model_name": "llama3.3:70b"},
                              headers=server.headers(), timeout=10)
     assert (response.status_code, response.json()["message"]) == (202, "Download started")
-    wait_for(lambda: events and events[-1][1]["status"] == "complete")
+    wait_until(lambda: events and events[-1][1]["status"] == "complete")
     elapsed = time.monotonic() - started
 
     payloads = [data for _, data in events]
@@ -83,9 +75,9 @@ def test_a_client_that_leaves_aborts_the_load(server, fake_ollama):
                f"Authorization: Bearer {server.login()}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(request)
-        wait_for(lambda: fake_ollama.count("POST", "/api/generate") == 1)
+        wait_until(lambda: fake_ollama.count("POST", "/api/generate") == 1)
     left = time.monotonic()
-    wait_for(lambda: fake_ollama.state()["aborted_loads"] == ["llama3.2:latest"], timeout_s=2.0)
+    wait_until(lambda: fake_ollama.state()["aborted_loads"] == ["llama3.2:latest"], timeout_s=2.0)
     assert time.monotonic() - left < 1.0
     assert fake_ollama.state()["loaded"] == []
 
@@ -95,11 +87,11 @@ def test_sigterm_interrupts_a_running_download(server, fake_ollama, watch):
     events = watch()
     requests.post(f"{server.url}{BASE}/download", json={"model_name": "big:70b"}, headers=server.headers(),
                   timeout=10)
-    wait_for(lambda: events)
+    wait_until(lambda: events)
     started = time.monotonic()
     assert server.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 5
-    wait_for(lambda: fake_ollama.cancelled_pulls() == ["big:70b"], timeout_s=2.0)
+    wait_until(lambda: fake_ollama.cancelled_pulls() == ["big:70b"], timeout_s=2.0)
     assert "download of big:70b failed: interrupted: server shutting down" in server.log()
     # The shutdown hooks run before the server closes its connections, so watchers hear it.
     final = [p for _, p in events if p["model_name"] == "big:70b"][-1]
