@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 import eventlet
+import eventlet.event
 import eventlet.tpool
 import eventlet.wsgi
 import greenlet
@@ -22,7 +23,6 @@ T = TypeVar("T")
 
 # time.sleep is green after monkey_patch(); this one blocks the OS thread, like a C call does.
 blocking_sleep = eventlet.patcher.original("time").sleep
-Lock = Semaphore
 # The main green thread of the main OS thread: where `socketio.run` serves.
 _MAIN = greenlet.getcurrent()
 
@@ -53,6 +53,74 @@ def interrupt_main() -> None:
     # eventlet.kill also reschedules the caller, so it ends normally instead of being left
     # suspended (a suspended green thread is torn down at exit, with a traceback).
     eventlet.kill(_MAIN, KeyboardInterrupt)
+
+
+class Lock:
+    """A mutual-exclusion lock between green threads (`with lock:`), also with a timeout."""
+
+    def __init__(self):
+        self._semaphore = Semaphore(1)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        return self._semaphore.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._semaphore.release()
+
+    def __enter__(self) -> "Lock":
+        self._semaphore.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._semaphore.release()
+
+
+class Event:
+    """A flag green threads wait for: set() wakes every waiter; clear() lowers it again.
+
+    For green threads of the hub's OS thread only (not tpool workers), like every primitive here.
+    """
+
+    def __init__(self):
+        self._flag = False
+        self._waiters: list[eventlet.event.Event] = []
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.send(True)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the flag is set (or `timeout` seconds pass); return whether it is set."""
+        if self._flag:
+            return True
+        waiter = eventlet.event.Event()
+        self._waiters.append(waiter)
+        try:
+            waiter.wait(timeout)
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return self._flag
+
+
+# The key under which the HTTP server puts a probe for "has this request's client hung up?".
+CLIENT_GONE_PROBE = "vram_dashboard.client_gone"
+
+
+def client_gone_probe(environ: dict[str, Any]) -> Callable[[], bool] | None:
+    """Return a callable that tells whether the request's client has closed its connection.
+
+    None when the request did not come through the dashboard's HTTP server (Flask's test client).
+    """
+    return environ.get(CLIENT_GONE_PROBE)
 
 
 def monotonic() -> float:

@@ -99,7 +99,7 @@ class DownloadJob:
     progress: PullProgress = field(default_factory=PullProgress)
     stream: PullStream | None = None
     thread: Any = None
-    started: Any = None  # a semaphore released once the upstream answered (or failed)
+    started: Any = None  # an Event set once the upstream answered (or failed)
     start_error: ApiError | None = None
     last_emit: float = -math.inf
     dirty: bool = False
@@ -154,12 +154,11 @@ class DownloadManager:
             job = self._jobs.get(key)
             joined = job is not None and job.running
             if not joined:
-                job = DownloadJob(model_name=model_name, started_at=self._clock(), started=concurrency.Lock(0))
+                job = DownloadJob(model_name=model_name, started_at=self._clock(), started=concurrency.Event())
                 self._jobs[key] = job
                 job.thread = concurrency.spawn(self._run, job)
-        # Wait for the upstream's answer; a joiner waits on the same signal (released again below).
-        if job.started.acquire(timeout=self._start_wait_s):
-            job.started.release()
+        # Wait for the upstream's answer; a joiner waits on the same event.
+        job.started.wait(self._start_wait_s)
         if job.start_error is not None:
             raise job.start_error
         return job, joined
@@ -174,7 +173,7 @@ class DownloadManager:
                 self._finish(job, ERROR, error=exc.message)
                 return
             finally:
-                job.started.release()
+                job.started.set()
             with self._lock:
                 if not job.running:  # cancelled or shut down while the request was in flight
                     stream.close()

@@ -230,7 +230,7 @@ class _Pump:
 
     Relaying chunk by chunk costs one send() and one wake-up of the client per NDJSON line; at
     full speed Ollama's lines arrive many to a recv(), and the pump hands them over together.
-    Green threads switch only when one waits, so `pending` needs no lock; the two semaphores are
+    Green threads switch only when one waits, so `pending` needs no lock; the two events are
     the waits: the writer for data, the pump for room once MAX_PENDING_BYTES are unsent (a slow
     client slows the upstream read instead of filling memory).
     """
@@ -240,8 +240,8 @@ class _Pump:
         self.pending_bytes = 0
         self.done = False
         self.error: OllamaTimeoutError | OllamaUnavailableError | None = None
-        self._ready = concurrency.Lock(0)  # released when `pending` stops being empty, and at the end
-        self._room = concurrency.Lock(0)   # released when the writer has taken `pending` from a full pump
+        self._ready = concurrency.Event()  # set when `pending` stops being empty, and at the end
+        self._room = concurrency.Event()   # set when the writer has taken `pending` from a full pump
         self._full = False
         self._thread = concurrency.spawn(self._run, client, timeout, chunks)
 
@@ -251,28 +251,30 @@ class _Pump:
                 for chunk in chunks:
                     if self.pending_bytes >= MAX_PENDING_BYTES:
                         self._full = True
-                        self._room.acquire()
+                        self._room.clear()
+                        self._room.wait()
                     self.pending.append(chunk)
                     self.pending_bytes += len(chunk)
                     if len(self.pending) == 1:
-                        self._ready.release()
+                        self._ready.set()
         except (OllamaTimeoutError, OllamaUnavailableError) as exc:
             self.error = exc
         finally:
             self.done = True
-            self._ready.release()
+            self._ready.set()
 
     def batches(self) -> Iterator[bytes]:
         """Yield everything that has arrived since the last batch, until Ollama's body ends."""
         while True:
-            self._ready.acquire()
+            self._ready.wait()
+            self._ready.clear()  # green threads switch only when one waits: nothing lands in between
             if self.pending:
                 batch = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
                 self.pending.clear()
                 self.pending_bytes = 0
                 if self._full:
                     self._full = False
-                    self._room.release()
+                    self._room.set()
                 yield batch
             if self.done and not self.pending:
                 return

@@ -94,7 +94,7 @@ def _call_while_client_waits(fn: Callable[[], T]) -> T:
     sock = _client_socket()
     if sock is None:
         return fn()
-    done = concurrency.Lock(0)
+    done = concurrency.Event()
     outcome: dict[str, Any] = {}
 
     def work() -> None:
@@ -103,10 +103,10 @@ def _call_while_client_waits(fn: Callable[[], T]) -> T:
         except Exception as exc:  # handed to the waiting request, which raises it  # noqa: BLE001
             outcome["error"] = exc
         finally:
-            done.release()
+            done.set()
 
     worker = concurrency.spawn(work)
-    while not done.acquire(timeout=DISCONNECT_POLL_S):
+    while not done.wait(DISCONNECT_POLL_S):
         if _peer_closed(sock):
             concurrency.kill(worker)  # unwinds the upstream request, closing its connection
             log.info("client left during %s %s; upstream request aborted", request.method, request.path)
