@@ -11,32 +11,31 @@ if __name__ == "__main__":
     eventlet.monkey_patch()
 
 import logging
-import os
-import signal
 import sys
-import time
 
 from flask import Flask
-from flask_socketio import SocketIO
 
 import auth
-import concurrency
 import dashboard
+import errors
 import health
 import ollama_client
 import ollama_client.proxy
-import vram.routes
-from auth.sessions import InMemorySessionStore
+import security
+import server
+import sockets
+import vram
+from auth.sessions import InMemorySessionStore, SessionStore
 from config import Config, ConfigError, load_config
-from errors import register_error_handlers
-from security import register_security
+from ollama_client import DownloadManager, OllamaClient
 from services import Services
-from sockets import SocketHub
-from sockets.handlers import origin_checker
 from vram.nvml import NvmlReader
 from vram.poller import VramPoller
 
 log = logging.getLogger("vram_dashboard")
+# Each registers its routes and hooks through the same door, init_app(app, services). Order is
+# the order of their before_request hooks: malformed input is refused before credentials are checked.
+PACKAGES = (errors, security, auth, health, vram, ollama_client, ollama_client.proxy, dashboard)
 
 
 class DashboardFlask(Flask):
@@ -48,7 +47,8 @@ class DashboardFlask(Flask):
         return response
 
 
-def create_app(config: Config | None = None, *, nvml_reader=None, session_store=None) -> Flask:
+def create_app(config: Config | None = None, *, nvml_reader: NvmlReader | None = None,
+               session_store: SessionStore | None = None) -> Flask:
     """Create and configure an instance of the Flask application."""
     if config is None:
         config = load_config()
@@ -59,30 +59,18 @@ def create_app(config: Config | None = None, *, nvml_reader=None, session_store=
     app.config["MAX_CONTENT_LENGTH"] = config.max_api_body_bytes
     app.json.sort_keys = False
 
-    socketio = SocketIO(app, async_mode=concurrency.ASYNC_MODE,
-                        cors_allowed_origins=origin_checker(config.cors_allowed_origins),
-                        logger=False, engineio_logger=False)
-    sessions = session_store or InMemorySessionStore(config.session_expiry_s)
+    # The boundary objects first, each complete; then one Services that holds them all.
     reader = nvml_reader or NvmlReader()
-    services = Services(config=config, sessions=sessions, socketio=socketio, nvml=reader, poller=None)
-    hub = SocketHub(socketio, sessions, lambda: services.poller.latest)
-    services.hub = hub
-    services.poller = VramPoller(reader, config.vram_poll_interval_s,
-                                 publish=lambda polled: hub.broadcast("vram_update", polled.body),
-                                 on_tick=services.expire_sessions)
-    services.session_ended_listeners.append(hub.disconnect_token)
-    app.extensions["dashboard"] = services
-
-    register_error_handlers(app)
-    register_security(app, config)
-    auth.protect_api(app)
-    app.register_blueprint(auth.bp)
-    app.register_blueprint(vram.routes.bp)
-    app.register_blueprint(health.bp)
-    ollama_client.init_app(app, services)
-    ollama_client.proxy.init_app(app, services)
-    dashboard.init_app(app, services)
-    auth.init_limiter(app)
+    sessions = session_store or InMemorySessionStore(config.session_expiry_s)
+    ollama = OllamaClient(config.ollama_host)
+    hub = sockets.SocketHub(sockets.create_socketio(app, config.cors_allowed_origins), sessions)
+    services = Services(
+        config=config, nvml=reader, sessions=sessions, hub=hub, ollama=ollama,
+        poller=VramPoller(reader, config.vram_poll_interval_s, publish=hub.publish_vram),
+        downloads=DownloadManager(ollama, hub.broadcast))
+    services.attach(app)
+    for package in PACKAGES:
+        package.init_app(app, services)
     return app
 
 
@@ -92,52 +80,43 @@ def _configure_logging(level: str) -> None:
 
 def main() -> int:
     """Validate the configuration, then serve until SIGTERM or Ctrl-C."""
-    # Until the server runs there is nothing to wind down: stop at once, without a traceback.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(0))
+    lifecycle = server.Lifecycle()
+    lifecycle.install_signal_handlers()  # from here on a signal at any moment is a clean exit 0
     try:
         config = load_config()
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"configuration error: {problem}", file=sys.stderr)
         return 2
+    if lifecycle.stop_requested:
+        return 0
     _configure_logging(config.log_level)
     app = create_app(config)
     services: Services = app.extensions["dashboard"]
-    stop_requested_at: float | None = None
+    code = _serve(config, app, services, lifecycle)
+    if not services.shutdown():
+        # A driver call that never returns holds its OS thread, and the interpreter's exit would
+        # wait for it forever. Everything of ours is closed: end without waiting.
+        server.exit_now(code)
+    return code
 
-    def graceful_stop() -> None:
-        services.begin_shutdown()  # "interrupted" events go out before connections close
-        concurrency.interrupt_main()
 
-    def on_signal(signum, frame):
-        nonlocal stop_requested_at
-        now = time.monotonic()
-        if stop_requested_at is None:
-            stop_requested_at = now
-            # Signal handlers may not do green I/O; a green thread can.
-            concurrency.spawn(graceful_stop)
-        elif now - stop_requested_at > 1.0:
-            os._exit(1)  # asked again while winding down (a second Ctrl-C): stop now
-        # A repeat within a second is the same request delivered twice (e.g. to the process group).
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    services.poller.tick()  # a first reading before the port opens, so /api/vram/status has one
-    services.start_background_tasks()
-    log.info("serving on http://%s:%d (Ollama at %s)", config.host, config.port, config.ollama_host)
+def _serve(config: Config, app: Flask, services: Services, lifecycle: server.Lifecycle) -> int:
+    if lifecycle.stop_requested:
+        return 0
     try:
-        concurrency.serve(app, config.host, config.port, log_output=config.log_level == "DEBUG",
-                          max_connections=config.max_connections)
-    except KeyboardInterrupt:
-        pass
+        listener = server.listen(config.host, config.port)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s (set DASHBOARD_HOST / DASHBOARD_PORT)",
-                  config.host, config.port, exc.strerror or exc)
-        services.shutdown()
+                  config.host, config.port, server.describe_listen_error(exc))
         return 1
+    log.info("serving on http://%s:%d (Ollama at %s)", config.host, config.port, config.ollama_host)
+    # The first NVML reading is taken in the background: the port is open even if the driver hangs.
+    services.start_background_tasks()
+    lifecycle.run(listener, app, on_stop=services.begin_shutdown,
+                  log_output=config.log_level == "DEBUG", max_connections=config.max_connections,
+                  refusal_headers=security.SECURITY_HEADERS)
     log.info("shutting down")
-    services.shutdown()
     return 0
 
 

@@ -1,30 +1,25 @@
-"""The async specifics (eventlet) behind one small seam: spawn, sleep, run in a real thread.
+"""The async primitives (eventlet) behind one small seam: spawn, sleep, run in a real thread,
+Lock, Event, and the probe for a client that hung up.
 
-Moving to gevent or threading mode later is a change here and in ASYNC_MODE only.
+Every other module but server.py (the HTTP server's lifecycle) goes through these; none imports
+eventlet. Moving to gevent or threading mode later is a change here, in server.py and in
+ASYNC_MODE only. This module imports nothing of the web layer.
 """
 from __future__ import annotations
 
-import json
-import socket
 import time
 from typing import Any, Callable, TypeVar
 
 import eventlet
 import eventlet.event
 import eventlet.tpool
-import eventlet.wsgi
-import greenlet
 from eventlet.semaphore import Semaphore
-
-from security import SECURITY_HEADERS
 
 ASYNC_MODE = "eventlet"
 T = TypeVar("T")
 
 # time.sleep is green after monkey_patch(); this one blocks the OS thread, like a C call does.
 blocking_sleep = eventlet.patcher.original("time").sleep
-# The main green thread of the main OS thread: where `socketio.run` serves.
-_MAIN = greenlet.getcurrent()
 
 
 def os_lock():
@@ -46,13 +41,6 @@ def sleep(seconds: float) -> None:
 def run_in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking call (a C library, bcrypt) in a real OS thread without stalling the hub."""
     return eventlet.tpool.execute(fn, *args, **kwargs)
-
-
-def interrupt_main() -> None:
-    """Raise KeyboardInterrupt in the main green thread, which ends the server loop."""
-    # eventlet.kill also reschedules the caller, so it ends normally instead of being left
-    # suspended (a suspended green thread is torn down at exit, with a traceback).
-    eventlet.kill(_MAIN, KeyboardInterrupt)
 
 
 class Lock:
@@ -131,105 +119,3 @@ def kill(handle) -> None:
     """Stop a green thread started by spawn()."""
     if handle is not None:
         handle.kill()
-
-
-# How long a stopping server lets in-flight requests (a streamed generate, a model load) finish
-# before ending them: the contract gives SIGTERM 5 s in all.
-STOP_GRACE_S = 2.0
-
-
-class _RequestPool(eventlet.GreenPool):
-    """The server's pool of request green threads; on stop, waits a grace period, then ends them."""
-
-    def __init__(self, size: int, grace_s: float):
-        super().__init__(size)
-        self.grace_s = grace_s
-
-    def waitall(self) -> None:
-        # eventlet.wsgi.server calls this once it stops accepting; unbounded, one streamed
-        # response or slow upstream call would keep the process alive indefinitely.
-        with eventlet.Timeout(self.grace_s, False):
-            super().waitall()
-        for thread in list(self.coroutines_running):
-            thread.kill()
-
-
-
-
-# The HTTP server answers these refusals itself, before any app code runs, so it adds the
-# security headers itself too.
-class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
-    """eventlet's HTTP/1.1 protocol, answering the requests it refuses itself in the JSON error shape
-    (and telling Werkzeug that a chunked body is safe to read).
-
-    Left alone it sends an HTML page for a malformed request line (http.server's send_error) and
-    bare, header-less 414/400 responses for an over-long URL or header, or a bad Content-Length.
-    """
-
-    def _refuse(self, code: int, reason: str, message: str) -> None:
-        body = json.dumps({"error": message}).encode()
-        head = [f"HTTP/1.1 {code} {reason}", "Connection: close", "Content-Type: application/json",
-                f"Content-Length: {len(body)}", *(f"{name}: {value}" for name, value in SECURITY_HEADERS)]
-        try:
-            self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
-            self.wfile.flush()
-        except OSError:
-            pass  # the client is gone; nothing to tell it
-        self.close_connection = 1
-
-    def send_error(self, code, message=None, explain=None):
-        """Refuse a request http.server could not parse (bad request line, unsupported version)."""
-        reason = self.responses.get(code, ("Error",))[0]
-        self._refuse(code, reason, message or reason)
-
-    def _read_request_line(self):
-        line = super()._read_request_line()
-        if len(line) >= self.server.url_length_limit:
-            self._refuse(414, "URI Too Long",
-                         f"request line too long (at most {self.server.url_length_limit - 1} bytes)")
-            return b""  # eventlet closes a connection whose request line is empty
-        return line
-
-    def get_environ(self):
-        environ = super().get_environ()
-        if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
-            # eventlet de-chunks the body and ends the stream where it ends. Saying so lets Werkzeug
-            # read it (and apply MAX_CONTENT_LENGTH); otherwise it hands views an empty body, and a
-            # chunked JSON request is "not valid JSON".
-            environ["wsgi.input_terminated"] = True
-        return environ
-
-    def parse_request(self):
-        try:
-            if not super().parse_request():
-                return False
-        except eventlet.wsgi.HeaderLineTooLong:
-            self._refuse(400, "Bad Request", "a request header line is too long")
-            return False
-        except eventlet.wsgi.HeadersTooLarge:
-            self._refuse(400, "Bad Request", "the request headers are too large")
-            return False
-        length = self.headers.get("content-length")
-        if length is not None:
-            if not length.strip().isdigit():
-                self._refuse(400, "Bad Request", "invalid Content-Length header")
-                return False
-            if self.headers.get("transfer-encoding") is not None:
-                self._refuse(400, "Bad Request", "Content-Length and Transfer-Encoding are not allowed together")
-                return False
-        return True
-
-
-def serve(app: Callable, host: str, port: int, *, log_output: bool, max_connections: int,
-          stop_grace_s: float = STOP_GRACE_S) -> None:
-    """Serve a WSGI app until interrupted: what socketio.run does under eventlet, plus TCP_NODELAY."""
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    listener = eventlet.listen(address, family)
-    # Accepted sockets inherit this: without it, small streamed writes (proxied tokens, NDJSON
-    # progress) wait up to 40 ms for the client's delayed ACK (Nagle's algorithm).
-    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    # The pool's size lifts eventlet's default cap of 1,024 concurrent connections.
-    eventlet.wsgi.server(listener, app, log_output=log_output,
-                         # Flush streamed output at once (eventlet otherwise holds back 4 KiB).
-                         minimum_chunk_size=1, custom_pool=_RequestPool(max_connections, stop_grace_s),
-                         protocol=_JsonErrorProtocol)

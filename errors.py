@@ -101,7 +101,7 @@ _HTTP_MESSAGES = {
 }
 
 
-def register_error_handlers(app: Flask) -> None:
+def init_app(app: Flask, services=None) -> None:
     """Map every error, ours and Werkzeug's, to the JSON error shape."""
 
     @app.errorhandler(ApiError)

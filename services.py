@@ -1,54 +1,77 @@
-"""The boundary objects one app instance uses, hung on app.extensions["dashboard"]."""
+"""The boundary objects of one app instance, built by create_app before anything is registered."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+from flask import Flask, current_app
+from flask_socketio import SocketIO
+
+from auth.sessions import SessionStore
 from config import Config
+from ollama_client.client import OllamaClient
+from ollama_client.downloads import DownloadManager
+from sockets.hub import SocketHub
+from vram.nvml import NvmlReader
+from vram.poller import VramPoller
 
 log = logging.getLogger(__name__)
+EXTENSION_KEY = "dashboard"
 
 
 @dataclass
 class Services:
-    """NVML reader, poller, session store, Ollama client... built by create_app, swapped by tests."""
+    """NVML reader, poller, session store, Socket.IO hub, Ollama client, downloads: complete and typed."""
 
     config: Config
-    sessions: Any
-    socketio: Any
-    nvml: Any
-    poller: Any
-    hub: Any = None
-    ollama: Any = None
-    downloads: Any = None
-    session_ended_listeners: list[Callable[[str], None]] = field(default_factory=list)
-    shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
+    nvml: NvmlReader
+    poller: VramPoller
+    sessions: SessionStore
+    hub: SocketHub
+    ollama: OllamaClient
+    downloads: DownloadManager
+    _tasks: list[Any] = field(default_factory=list, repr=False)
+    _stopping: bool = field(default=False, repr=False)
 
-    def notify_session_ended(self, token: str) -> None:
-        """Tell listeners (open sockets) that a session was logged out or expired."""
-        for listener in self.session_ended_listeners:
-            listener(token)
+    @property
+    def socketio(self) -> SocketIO:
+        return self.hub.socketio
 
-    def expire_sessions(self) -> None:
-        for session in self.sessions.purge_expired():
-            self.notify_session_ended(session.token)
+    def attach(self, app: Flask) -> None:
+        app.extensions[EXTENSION_KEY] = self
 
     def ollama_reachable(self) -> bool:
-        return self.ollama is not None and self.ollama.is_reachable()
+        return self.ollama.is_reachable()
 
     def start_background_tasks(self) -> None:
-        """Start the poller (and anything else that runs on its own)."""
-        self.poller.start(self.socketio.start_background_task)
+        """Start what runs on its own: the poller and the session store's expiry timer."""
+        start = self.socketio.start_background_task
+        self._tasks = [start(self.poller.run), start(self.sessions.run_expiry)]
 
     def begin_shutdown(self) -> None:
-        """Run the shutdown hooks (downloads marked interrupted) while sockets can still hear it."""
-        hooks, self.shutdown_hooks = self.shutdown_hooks, []
-        for hook in reversed(hooks):
-            hook()
+        """Mark running downloads interrupted while sockets can still hear it."""
+        if not self._stopping:
+            self._stopping = True
+            self.downloads.shutdown()
 
-    def shutdown(self) -> None:
-        """Stop background work: downloads marked interrupted, the poller, NVML."""
+    def shutdown(self) -> bool:
+        """Stop background work: downloads marked interrupted, the poller, expiry, Ollama, NVML.
+
+        Return False when an NVML call is still blocked in the driver's C code.
+        """
         self.begin_shutdown()
         self.poller.stop()
-        self.nvml.shutdown()
+        self.sessions.stop()
+        for task in self._tasks:
+            kill = getattr(task, "kill", None)
+            if kill is not None:
+                kill()
+        self._tasks = []
+        self.ollama.close()
+        return self.nvml.shutdown()
+
+
+def current() -> Services:
+    """Return the Services of the app handling this request."""
+    return current_app.extensions[EXTENSION_KEY]

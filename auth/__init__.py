@@ -3,5 +3,12 @@ from auth.credentials import authenticate, bearer_token, current_session, protec
 from auth.routes import bp, init_limiter
 from auth.sessions import InMemorySessionStore, Session, SessionStore
 
-__all__ = ["authenticate", "bearer_token", "bp", "current_session", "init_limiter", "protect_api",
-           "InMemorySessionStore", "Session", "SessionStore"]
+__all__ = ["authenticate", "bearer_token", "bp", "current_session", "init_app", "InMemorySessionStore",
+           "Session", "SessionStore"]
+
+
+def init_app(app, services) -> None:
+    """Guard /api/*, register the auth routes and the login throttle."""
+    protect_api(app)
+    app.register_blueprint(bp)
+    init_limiter(app, services.config)

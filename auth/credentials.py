@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Flask, current_app, g, request
+from flask import Flask, g, request
 
 from auth.sessions import Session
 from errors import UnauthorizedError
+import services as services_module
 
 PUBLIC_API_PATHS = frozenset({"/api/auth/login"})
 
@@ -26,7 +27,7 @@ def authenticate(*, allow_proxy_token: bool = False) -> Session | None:
     token = bearer_token(request.headers.get("Authorization"))
     if token is None:
         raise UnauthorizedError("missing credentials: send Authorization: Bearer <token> (POST /api/auth/login)")
-    services = current_app.extensions["dashboard"]
+    services = services_module.current()
     session = services.sessions.get(token)
     if session is not None:
         g.session = session

@@ -7,7 +7,7 @@ import logging
 import sys
 
 import bcrypt
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, jsonify, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
@@ -15,15 +15,15 @@ from auth.credentials import current_session
 from concurrency import run_in_thread
 from errors import UnauthorizedError
 from jsonbody import read_json_object, require_string
+import services as services_module
 
 log = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
 INVALID_LOGIN = "invalid username or password"
 
 
-def init_limiter(app: Flask) -> Limiter:
+def init_limiter(app: Flask, config) -> Limiter:
     """Throttle logins: N failures per window from one client address, then 429 with Retry-After."""
-    config = app.extensions["dashboard"].config
     limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", strategy="moving-window",
                       headers_enabled=True, default_limits=[])
     # Only the login is limited. Flask-Limiter hooks itself into every request of the app, and
@@ -71,7 +71,7 @@ def login():
     # password is a wrong one, a 401 with the one message, not a 400 that tells them apart.
     username = require_string(body, "username", max_length=sys.maxsize, allow_empty=True)
     password = require_string(body, "password", max_length=sys.maxsize, allow_empty=True)
-    services = current_app.extensions["dashboard"]
+    services = services_module.current()
     config = services.config
     # Always run bcrypt (in a real thread: ~250 ms at cost 12 would stall every connection),
     # so a wrong user name takes as long as a wrong password.
@@ -90,9 +90,7 @@ def login():
 @bp.post("/logout")
 def logout():
     session = current_session()
-    services = current_app.extensions["dashboard"]
-    services.sessions.revoke(session.token)
-    services.notify_session_ended(session.token)
+    services_module.current().sessions.revoke(session.token)  # its sockets are disconnected too
     return jsonify(success=True)
 
 

@@ -174,7 +174,7 @@ repetition ({x.get('repetitions', r.get('repetitions'))} of them, short and inte
 processes hit both sides alike) `/health` and `/api/vram/status` (with a bearer token) back to back, in
 alternating order. Target: status ≥ {x['target_ratio']}× health in req/s. "CPU ratio" is health's server CPU time per
 request over status's: it ignores time spent waiting (on the shared CPU, or on the network), so it is the
-noise-free half of the picture. The server sets `TCP_NODELAY` on its listening socket (`concurrency.serve`),
+noise-free half of the picture. The server sets `TCP_NODELAY` on its listening socket (`server.listen`),
 so a large body's second `send()` no longer waits for the client's delayed ACK.
 
 | snapshot | body | health req/s | status req/s | ratio | CPU ratio | health / status CPU µs per request | health / status p50 ms | runqueue wait | verdict |
@@ -258,7 +258,7 @@ large snapshot (so the 2-GPU RSS figures are not inflated by the large snapshots
         for y in (x.get(part) or {}).get("results", []):
             lines.append(row(label, y))
     lines.append("""
-"stock python-socketio" is the same server with `SocketHub.broadcast` put back to
+"stock python-socketio" is the same server with the direct-write adapter switched off, back to
 `socketio.emit(..., to=room)` (bench/variant_server.py): the per-recipient queue → writer green thread →
 frame path. "permessage-deflate clients" offer compression as browsers do; the hub then sends one
 frame compressed once per broadcast (the server asks for `server_no_context_takeover`).
@@ -346,7 +346,7 @@ def findings(r: dict[str, Any]) -> str:
                  f"paced lines." if rows else "")
     return f"""## What limits the misses, and what was changed
 
-**Fan-out latency (fixed in `sockets/handlers.py`).** Profiling the stock broadcast (py-spy, 500
+**Fan-out latency (fixed in `sockets/broadcast.py`).** Profiling the stock broadcast (py-spy, 500
 clients) put the time in python-socketio/Engine.IO's per-recipient path, not in encoding: each
 recipient costs a queue put that schedules a hub timer, a writer green thread woken to take it, a
 `Timeout` armed and cancelled around every queue wait, an `Empty` exception, and the websocket frame
@@ -380,7 +380,7 @@ start, but every name lookup then blocks the whole hub, so only with an IP for `
 file, so a body over ~16 KB leaves as two `send()`s (headers, then body), and without
 `TCP_NODELAY` the second waited for the client's delayed ACK (up to 40 ms; status p50 44 ms
 against 10 ms for health, 0.23×, in the previous report). The server now sets `TCP_NODELAY` on its
-listening socket (`concurrency.serve`; Linux copies it to accepted sockets).{rest_fig} What is
+listening socket (`server.listen`; Linux copies it to accepted sockets).{rest_fig} What is
 left of the gap is CPU, not waiting: handing 56 KB to the kernel (a loopback `send()` also does the
 receiving side's work) costs ~0.1 ms more than the 2-GPU body, which is about a fifth of a request
 now that one costs ~0.5 ms, so the 8-GPU ratio sits at the target and moves across it between runs

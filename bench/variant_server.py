@@ -17,13 +17,11 @@ eventlet.monkey_patch()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import app  # noqa: E402
-from sockets import handlers  # noqa: E402
+from sockets import broadcast  # noqa: E402
 
 if os.environ.get("BENCH_STOCK_BROADCAST") == "1":
-    def _stock_broadcast(self, event, payload):
-        self._socketio.emit(event, payload, to=handlers.AUTHENTICATED_ROOM)
-
-    handlers.SocketHub.broadcast = _stock_broadcast
+    # The direct-write adapter reports "not installed": every event takes python-socketio's own path.
+    broadcast.DirectWebsocketWriter.install = lambda self, eio: False
 
 if __name__ == "__main__":
     sys.exit(app.main())

@@ -8,13 +8,7 @@ __all__ = ["DownloadManager", "OllamaClient", "init_app"]
 
 
 def init_app(app, services) -> None:
-    """Build the Ollama client and download manager, and register the model routes."""
+    """Register the model routes (the client and download manager are built by create_app)."""
     from ollama_client import routes
 
-    client = OllamaClient(services.config.ollama_host)
-    services.ollama = client
-    # Late-bound: the hub is looked up at publish time, so a test may swap it.
-    services.downloads = DownloadManager(client, lambda event, payload: services.hub.broadcast(event, payload))
     app.register_blueprint(routes.bp)
-    services.shutdown_hooks.append(client.close)
-    services.shutdown_hooks.append(services.downloads.shutdown)  # hooks run last-in first

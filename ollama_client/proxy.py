@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Iterable, Iterator
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, request
 from werkzeug.routing import BaseConverter
 
 import concurrency
@@ -25,6 +25,7 @@ from auth.credentials import authenticate
 from errors import ApiError, BadRequestError, OllamaTimeoutError, OllamaUnavailableError, PayloadTooLargeError
 from ollama_client.client import iter_body
 from ollama_client.proxy_paths import PREFIX, Refusal, resolve
+import services as services_module
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _require_credentials() -> None:
 @bp.route(PREFIX + "<proxy_any:rest>", methods=ROUTE_METHODS, merge_slashes=False, strict_slashes=False)
 def forward(rest: str) -> Response:
     """Forward one allowlisted request to Ollama and relay its answer as it streams."""
-    services = current_app.extensions["dashboard"]
+    services = services_module.current()
     config, client = services.config, services.ollama
     try:
         route = resolve(raw_request_path(request.environ), request.method)

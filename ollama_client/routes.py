@@ -7,7 +7,7 @@ import logging
 import socket
 from typing import Any, Callable, Iterator, TypeVar
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 
 import concurrency
 from config import parse_keep_alive
@@ -15,6 +15,7 @@ from errors import ApiError, BadRequestError, ConflictError, NotFoundError, Olla
 from jsonbody import parsed_json_or_none, read_json_object, require_string
 from ollama_client.formatting import human_bytes, processor, short_id
 from ollama_client.names import MAX_NAME, ModelName, canonical_or_none, parse_model_name
+import services as services_module
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ollama_models", __name__, url_prefix="/api/models/ollama")
@@ -29,7 +30,7 @@ class ClientGoneError(ApiError):
 
 
 def _services():
-    return current_app.extensions["dashboard"]
+    return services_module.current()
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The broadcast fan-out (sockets/handlers.py) against `python app.py`, over loopback.
+"""The broadcast fan-out (sockets/broadcast.py) against `python app.py`, over loopback.
 
 Every broadcast is encoded once and written as one pre-built frame, straight to each idle
 websocket (deflated once for permessage-deflate clients); busy, long-polling or slow sockets go
@@ -484,7 +484,7 @@ def test_direct_write_does_not_jump_a_writer_waiting_for_the_send_lock():
     """
     import eventlet
 
-    from sockets.handlers import SharedFrames, WebsocketRegistry
+    from sockets.broadcast import DirectWebsocketWriter, SharedFrames
 
     a, b = socket.socketpair()
     a.setblocking(False)
@@ -501,7 +501,8 @@ def test_direct_write_does_not_jump_a_writer_waiting_for_the_send_lock():
         ws = type("Ws", (), dict(websocket_closed=False, socket=type("S", (), {"fd": a})(),
                                  _sendlock=lock, extensions={}))()
         eio = type("Eio", (), {"sockets": {"sid": owner}})()
-        registry = WebsocketRegistry()
+        registry = DirectWebsocketWriter()
+        registry.enabled = True
         registry._by_sid["sid"] = (owner, ws)
         order = []
 
@@ -526,3 +527,42 @@ def test_direct_write_does_not_jump_a_writer_waiting_for_the_send_lock():
     finally:
         a.close()
         b.close()
+
+
+# -- the adapter's probes and its fallback (in-process) ------------------------------------------
+
+def test_the_direct_path_probes_the_pinned_libraries_and_is_on(services):
+    writer = services.socketio.server.manager.writer
+    assert writer.enabled and writer.disabled_reason is None and writer.stats["surprises"] == 0
+
+
+@pytest.mark.parametrize("eio", [
+    type("ThreadingEio", (), {"async_mode": "threading", "_async": {"websocket": object}})(),
+    type("NoDrivers", (), {"async_mode": "eventlet"})(),
+    type("OtherWebsocket", (), {"async_mode": "eventlet", "_async": {"websocket": dict}})(),
+])
+def test_an_unexpected_library_shape_turns_the_direct_path_off(eio, caplog):
+    from sockets.broadcast import DirectWebsocketWriter
+
+    writer = DirectWebsocketWriter()
+    assert writer.install(eio) is False
+    assert not writer.enabled and writer.stats["surprises"] == 1
+    assert "broadcast fast path off" in caplog.text
+
+
+def test_a_surprise_on_a_live_socket_falls_back_to_the_stock_emit_and_keeps_vram_update(
+        app, client, auth, services, caplog):
+    """A socket object without the fields the writer reads: logged once, off for good, events still flow."""
+    writer = services.socketio.server.manager.writer
+    token = auth.headers()["Authorization"].split()[1]
+    listener = services.socketio.test_client(app, flask_test_client=client, auth={"token": token})
+    listener.get_received()
+    owner = type("Owner", (), {"sid": "x", "closed": False})()  # no queue, upgraded, upgrading...
+    assert writer._register("x", owner, object()) is False
+    assert not writer.enabled and writer.stats["surprises"] == 1
+    assert caplog.text.count("broadcast fast path off") == 1
+    services.poller.tick()
+    services.poller.tick()
+    received = [e for e in listener.get_received() if e["name"] == "vram_update"]
+    assert len(received) == 2 and received[-1]["args"][0]["gpus"]
+    assert caplog.text.count("broadcast fast path off") == 1

@@ -29,14 +29,14 @@ def config_overrides(fake_ollama):
 class Recorder:
     """Record every model_download_progress broadcast with its arrival time (and pass it on)."""
 
-    def __init__(self, broadcast):
-        self._broadcast = broadcast
+    def __init__(self, emit):
+        self._emit = emit
         self.events = []  # (monotonic time, payload)
 
-    def __call__(self, event, payload):
+    def __call__(self, event, payload, **kwargs):
         if event == "model_download_progress":
             self.events.append((time.monotonic(), dict(payload)))
-        self._broadcast(event, payload)
+        return self._emit(event, payload, **kwargs)
 
     def payloads(self, model=None):
         return [p for _, p in self.events if model is None or p["model_name"] == model]
@@ -48,8 +48,8 @@ class Recorder:
 
 @pytest.fixture
 def events(services, monkeypatch):
-    recorder = Recorder(services.hub.broadcast)
-    monkeypatch.setattr(services.hub, "broadcast", recorder)
+    recorder = Recorder(services.socketio.emit)
+    monkeypatch.setattr(services.socketio, "emit", recorder)  # what the hub sends through
     return recorder
 
 

@@ -67,8 +67,10 @@ def test_logout_disconnects_sockets_opened_with_that_token(connect, auth, client
     assert services.hub.connection_count == 1
 
 
-def test_expired_session_is_disconnected_at_the_next_tick(connect, auth, clock, services):
+def test_expired_session_is_disconnected_by_the_session_stores_own_check(connect, auth, clock, services):
     sio = connect(token_of(auth))
-    clock.advance(24 * 3600 + 1)
-    services.poller.tick()
+    clock.advance(24 * 3600 - 1)
+    assert services.sessions.purge_expired() == [] and sio.is_connected()
+    clock.advance(2)
+    assert [s.username for s in services.sessions.purge_expired()] == ["admin"]
     assert not sio.is_connected()

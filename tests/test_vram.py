@@ -46,7 +46,7 @@ def test_tick_keeps_latest_and_serialises_once():
     poller = VramPoller(ScriptedReader(reading(ts=5.0)), 2.0, publish=published.append)
     assert poller.latest is None
     polled = poller.tick()
-    assert poller.latest is polled and published == [polled]
+    assert poller.latest is polled and published == [polled.body]
     assert json.loads(polled.json_bytes) == polled.body
     assert polled.body["gpu"] == polled.body["gpus"][0]
     assert polled.body["processes"] == [{"pid": 4242, "name": "/usr/local/bin/ollama", "used_mb": 5120,

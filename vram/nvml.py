@@ -107,12 +107,15 @@ class NvmlReader:
             self._log_changes(snapshot)
             return snapshot
 
-    def shutdown(self) -> None:
-        """Release NVML if this reader initialised it; safe to call more than once."""
+    def shutdown(self) -> bool:
+        """Release NVML if this reader initialised it; safe to call more than once.
+
+        Return False when a reading is still blocked in the driver (its OS thread cannot be ended).
+        """
         if not self._lock.acquire(timeout=SHUTDOWN_WAIT_S):
             log.warning("NVML reading still in progress after %.0f s; not calling nvmlShutdown",
                         SHUTDOWN_WAIT_S)
-            return
+            return False
         try:
             if self._initialised and self._nvml is not None and self._errors is not None:
                 self._initialised = False
@@ -122,6 +125,7 @@ class NvmlReader:
                     log.warning("nvmlShutdown failed: %s", exc)
         finally:
             self._lock.release()
+        return True
 
     # -- one reading --------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import concurrency
 from vram.snapshot import VramSnapshot
@@ -15,6 +15,15 @@ from vram.snapshot import VramSnapshot
 log = logging.getLogger(__name__)
 HISTORY_MIN_SECONDS = 3600
 HISTORY_MAX_SAMPLES = 36_000
+# A request that arrives before the first reading (the port opens before NVML answers) waits this
+# long for it, then is told to retry.
+FIRST_READING_WAIT_S = 2.0
+
+
+class SnapshotReader(Protocol):
+    """What the poller needs of an NVML reader (vram.nvml.NvmlReader, or a test's scripted one)."""
+
+    def read_snapshot(self) -> VramSnapshot: ...
 
 
 @dataclass(frozen=True)
@@ -29,24 +38,30 @@ class PolledSnapshot:
 class VramPoller:
     """Poll NVML every `interval_s` in a real thread, keep the latest reading, and publish it."""
 
-    def __init__(self, reader, interval_s: float,
-                 publish: Callable[[PolledSnapshot], None] | None = None,
-                 on_tick: Callable[[], None] | None = None):
+    def __init__(self, reader: SnapshotReader, interval_s: float,
+                 publish: Callable[[dict[str, Any]], None] | None = None):
         self._reader = reader
         self.interval_s = interval_s
         self._publish = publish
-        self._on_tick = on_tick
         self._lock = threading.Lock()
+        self._first_reading = concurrency.Event()
         self._latest: PolledSnapshot | None = None
         samples = max(math.ceil(HISTORY_MIN_SECONDS / interval_s) + 1, 1)
         self._history: deque[tuple] = deque(maxlen=min(samples, HISTORY_MAX_SAMPLES))
-        self._handle = None
         self._stopping = False
 
     @property
     def latest(self) -> PolledSnapshot | None:
         with self._lock:
             return self._latest
+
+    def wait_latest(self, timeout_s: float = FIRST_READING_WAIT_S) -> PolledSnapshot | None:
+        """Return the latest reading; before the first one, wait up to `timeout_s` for it."""
+        latest = self.latest
+        if latest is None:
+            self._first_reading.wait(timeout_s)
+            latest = self.latest
+        return latest
 
     def tick(self) -> PolledSnapshot:
         """Read NVML once (in an OS thread), store the result, and publish it."""
@@ -59,10 +74,9 @@ class VramPoller:
             self._latest = polled
             if snapshot.available:
                 self._history.append(sample)
-        if self._on_tick is not None:
-            self._on_tick()
+        self._first_reading.set()
         if self._publish is not None:
-            self._publish(polled)
+            self._publish(body)
         return polled
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
@@ -99,14 +113,6 @@ class VramPoller:
                 deadline = now + self.interval_s - ((now - deadline) % self.interval_s)
             concurrency.sleep(max(0.0, deadline - now))
 
-    def start(self, start_background_task: Callable[..., Any]) -> None:
-        """Start run() with the server's background-task starter (socketio.start_background_task)."""
-        if self._handle is None:
-            self._stopping = False
-            self._handle = start_background_task(self.run)
-
     def stop(self) -> None:
+        """Make run() return after the tick in progress (the caller may also kill its task)."""
         self._stopping = True
-        handle, self._handle = self._handle, None
-        if handle is not None and hasattr(handle, "kill"):
-            handle.kill()

@@ -1,7 +1,9 @@
 """GET /api/vram/status and GET /api/vram/history."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
+
+import services
 
 from errors import BadRequestError, NvmlUnavailableError
 
@@ -11,7 +13,7 @@ NO_READING_YET = "no VRAM reading yet: the first NVML poll has not finished; ret
 
 @bp.get("/status")
 def status():
-    polled = current_app.extensions["dashboard"].poller.latest
+    polled = services.current().poller.wait_latest()
     empty = {"gpu": None, "gpus": [], "processes": []}
     if polled is None:
         raise NvmlUnavailableError(NO_READING_YET, extra=empty, headers={"Retry-After": "1"})
@@ -30,4 +32,4 @@ def history():
         if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
             raise BadRequestError("limit must be a positive whole number")
         limit = int(raw)
-    return jsonify(samples=current_app.extensions["dashboard"].poller.history(limit))
+    return jsonify(samples=services.current().poller.history(limit))
