@@ -27,7 +27,7 @@ import ollama_client
 import ollama_client.proxy
 import vram.routes
 from auth.sessions import InMemorySessionStore
-from config import Config, ConfigError, load_config
+from config import Config, ConfigError, ensure_data_dir, load_config
 from errors import register_error_handlers
 from security import register_security
 from services import Services
@@ -97,6 +97,9 @@ def main() -> int:
     signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(0))
     try:
         config = load_config()
+        problem = ensure_data_dir(config)
+        if problem:
+            raise ConfigError([problem])
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"configuration error: {problem}", file=sys.stderr)
