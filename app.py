@@ -26,8 +26,9 @@ import server
 import sockets
 import vram
 from auth.sessions import InMemorySessionStore, SessionStore
-from config import Config, ConfigError, load_config
-from ollama_client import DownloadManager, OllamaClient
+from config import Config, ConfigError, ensure_data_dir, load_config
+from ollama_client.client import OllamaClient
+from ollama_client.downloads import DownloadManager
 from services import Services
 from vram.nvml import NvmlReader
 from vram.poller import VramPoller
@@ -84,6 +85,9 @@ def main() -> int:
     lifecycle.install_signal_handlers()  # from here on a signal at any moment is a clean exit 0
     try:
         config = load_config()
+        problem = ensure_data_dir(config)
+        if problem:
+            raise ConfigError([problem])
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"configuration error: {problem}", file=sys.stderr)

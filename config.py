@@ -1,26 +1,29 @@
-"""The one place that reads the environment (and `.env` beneath it) into a typed Config."""
+"""The one place that reads the environment (and `.env` beneath it) into a typed Config.
+
+Each variable of the contract's "Running" table is one field below: its name (the alias), its
+type, its one default and its bounds. Adding a variable is adding a line.
+"""
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Annotated, Any, Mapping
 from urllib.parse import urlsplit
 
-import bcrypt
 from dotenv import dotenv_values
+from pydantic import (BeforeValidator, Field, SecretStr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-DEFAULT_OLLAMA_HOST = "http://localhost:11434"
+from ollama_client.keep_alive import parse_keep_alive
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # bcrypt hashes are "$2b$" (or the older "$2a$"/"$2y$"), a two-digit cost, "$", then 53 chars.
 _BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
-# Ollama's duration syntax for keep_alive: a (possibly negative) number of seconds, or a Go
-# duration such as "5m", "1h30m", "-1s".
-_GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
-_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+# Read raw: leading or trailing spaces are part of a password.
+_RAW_VARIABLES = ("DASHBOARD_AUTH_PASSWORD", "auth_password")
 
 
 class ConfigError(Exception):
@@ -29,36 +32,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]):
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-@dataclass(frozen=True)
-class Config:
-    """Every setting of the server, typed and validated."""
-
-    auth_username: str
-    auth_password_hash: bytes = field(repr=False)
-    session_expiry_hours: float = 24.0
-    host: str = "127.0.0.1"
-    port: int = 5000
-    data_dir: Path = Path("./data")
-    ollama_host: str = "http://127.0.0.1:11434"
-    ollama_allowed_registries: tuple[str, ...] = ("registry.ollama.ai", "hf.co")
-    ollama_load_keep_alive: str | int = -1
-    vram_poll_interval_s: float = 2.0
-    proxy_auth_enabled: bool = False
-    proxy_auth_token: str | None = field(default=None, repr=False)
-    max_proxy_request_size: int = 104857600
-    proxy_timeout_s: float = 30.0
-    cors_allowed_origins: tuple[str, ...] = ()
-    log_level: str = "INFO"
-    max_connections: int = 10000
-    max_api_body_bytes: int = 1024 * 1024
-    login_max_failures: int = 5
-    login_window_s: int = 15 * 60
-
-    @property
-    def session_expiry_s(self) -> float:
-        return self.session_expiry_hours * 3600.0
 
 
 def parse_ollama_host(raw: str) -> str:
@@ -117,8 +90,15 @@ def _split_host_port(hostport: str) -> tuple[str | None, str]:
     return None, ""
 
 
-def _parse_bool(raw: str) -> bool:
-    value = raw.strip().lower()
+def _parse_bool(raw: Any) -> bool:
+    """Accept 1/true/yes/on and 0/false/no/off, in any case.
+
+    >>> _parse_bool("TRUE"), _parse_bool("off"), _parse_bool(True)
+    (True, False, True)
+    """
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
     if value in ("0", "false", "no", "off", ""):
@@ -126,57 +106,20 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError(f"must be true or false, not {raw!r}")
 
 
-def _parse_number(raw: str, *, low: float | None = None, high: float | None = None,
-                  low_open: bool = False) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"must be a number, not {raw!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"must be a finite number, not {raw!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"must be {'greater than' if low_open else 'at least'} {low:g}, not {raw}")
-    if high is not None and value > high:
-        raise ValueError(f"must be at most {high:g}, not {raw}")
-    return value
+def _items(raw: Any) -> list[str]:
+    """Split a comma-separated variable (or take a list or tuple as given by code), dropping blanks."""
+    parts = raw.split(",") if isinstance(raw, str) else list(raw)
+    return [part.strip() for part in parts if part.strip()]
 
 
-def _parse_int(raw: str, *, low: int, high: int | None = None) -> int:
-    if not re.fullmatch(r"\s*\d+\s*", raw):
-        raise ValueError(f"must be a whole number, not {raw!r}")
-    value = int(raw)
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ValueError(f"must be {bound}, not {value}")
-    return value
+def _parse_origins(raw: Any) -> tuple[str, ...]:
+    """Return the CORS origins as scheme://host[:port].
 
-
-def parse_keep_alive(raw: str | int | float) -> str | int:
-    """Validate Ollama's keep_alive: seconds as a number, or a Go duration string.
-
-    >>> parse_keep_alive("-1"), parse_keep_alive("5m"), parse_keep_alive(300)
-    (-1, '5m', 300)
+    >>> _parse_origins("http://a.lan:3000, https://b.lan/")
+    ('http://a.lan:3000', 'https://b.lan')
     """
-    if isinstance(raw, bool):
-        raise ValueError("must be a duration such as 5m, 1h, or seconds (-1 = forever)")
-    if isinstance(raw, (int, float)):
-        if not math.isfinite(raw):
-            raise ValueError("must be a finite number of seconds")
-        return int(raw) if float(raw).is_integer() else raw
-    text = raw.strip()
-    if _NUMBER.match(text):
-        number = float(text)
-        return int(number) if number.is_integer() else number
-    if _GO_DURATION.match(text):
-        return text
-    raise ValueError(f"must be a duration such as 5m, 1h, or seconds (-1 = forever), not {raw!r}")
-
-
-def _parse_origins(raw: str) -> tuple[str, ...]:
     origins = []
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
+    for item in _items(raw):
         parts = urlsplit(item)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
             raise ValueError(f"{item!r} is not an origin like http://host:port")
@@ -184,118 +127,17 @@ def _parse_origins(raw: str) -> tuple[str, ...]:
     return tuple(origins)
 
 
-def _parse_registries(raw: str) -> tuple[str, ...]:
-    registries = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+def _parse_registries(raw: Any) -> tuple[str, ...]:
+    """Return the registry host names, lower-cased.
+
+    >>> _parse_registries(" registry.ollama.ai , HF.co,")
+    ('registry.ollama.ai', 'hf.co')
+    """
+    registries = tuple(item.lower() for item in _items(raw))
     for registry in registries:
         if not re.fullmatch(r"[a-z0-9]([a-z0-9.\-]*[a-z0-9])?(:\d{1,5})?", registry):
             raise ValueError(f"{registry!r} is not a registry host name")
     return registries
-
-
-def hash_password(password: str, rounds: int = 12) -> bytes:
-    """Hash a password with bcrypt (used once at start-up, and by tests with low cost)."""
-    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=rounds))
-
-
-def load_config(environ: Mapping[str, str] | None = None, dotenv_path: str | os.PathLike | None = ".env",
-                *, bcrypt_rounds: int = 12) -> Config:
-    """Read the environment over `.env` into a Config, or raise ConfigError listing every problem."""
-    env: dict[str, str] = {}
-    problems: list[str] = []
-    if dotenv_path is not None and Path(dotenv_path).is_file():
-        try:
-            env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-            problems.append(f"{dotenv_path}: cannot read it: {reason}")
-    env.update(os.environ if environ is None else environ)
-
-    values: dict[str, object] = {}
-
-    def get(name: str, default: str = "") -> str:
-        return env.get(name, default).strip()
-
-    def read(name: str, key: str, parse, default: str) -> None:
-        raw = get(name, default)
-        try:
-            values[key] = parse(raw if raw != "" else default)
-        except ValueError as exc:
-            problems.append(f"{name}: {exc}")
-
-    username = get("DASHBOARD_AUTH_USERNAME")
-    if not username:
-        problems.append("DASHBOARD_AUTH_USERNAME: required (the administrator's user name)")
-    elif len(username) > 128 or any(not ch.isprintable() for ch in username):
-        problems.append("DASHBOARD_AUTH_USERNAME: must be at most 128 printable characters")
-
-    # The password is read raw: leading or trailing spaces are part of it.
-    password = env.get("DASHBOARD_AUTH_PASSWORD", "")
-    password_hash = get("DASHBOARD_AUTH_PASSWORD_HASH")
-    hashed: bytes | None = None
-    if password_hash:
-        if not _BCRYPT_HASH.match(password_hash):
-            problems.append("DASHBOARD_AUTH_PASSWORD_HASH: must be a bcrypt hash ($2b$12$ followed by 53 characters)")
-        else:
-            hashed = password_hash.encode("ascii")
-    elif not password:
-        problems.append("DASHBOARD_AUTH_PASSWORD: required unless DASHBOARD_AUTH_PASSWORD_HASH is set")
-    elif len(password) < 8:
-        problems.append("DASHBOARD_AUTH_PASSWORD: must be at least 8 characters")
-    elif not _is_utf8(password):
-        # Bytes that are not UTF-8 reach os.environ as surrogates; no JSON login could match them.
-        problems.append("DASHBOARD_AUTH_PASSWORD: must be UTF-8 text")
-    elif len(password.encode("utf-8")) > 72:
-        problems.append("DASHBOARD_AUTH_PASSWORD: must be at most 72 bytes (bcrypt ignores the rest)")
-
-    read("SESSION_EXPIRY_HOURS", "session_expiry_hours",
-         lambda r: _parse_number(r, low=0, low_open=True, high=24 * 365), "24")
-    read("DASHBOARD_HOST", "host", _parse_bind_host, "127.0.0.1")
-    read("DASHBOARD_PORT", "port", lambda r: _parse_int(r, low=1, high=65535), "5000")
-    read("DASHBOARD_DATA_DIR", "data_dir", Path, "./data")
-    read("OLLAMA_HOST", "ollama_host", parse_ollama_host, DEFAULT_OLLAMA_HOST)
-    read("OLLAMA_ALLOWED_REGISTRIES", "ollama_allowed_registries", _parse_registries,
-         "registry.ollama.ai,hf.co")
-    read("OLLAMA_LOAD_KEEP_ALIVE", "ollama_load_keep_alive", parse_keep_alive, "-1")
-    read("VRAM_POLL_INTERVAL_SECONDS", "vram_poll_interval_s",
-         lambda r: _parse_number(r, low=0.1, high=3600), "2")
-    read("PROXY_AUTH_ENABLED", "proxy_auth_enabled", _parse_bool, "false")
-    read("MAX_PROXY_REQUEST_SIZE", "max_proxy_request_size", lambda r: _parse_int(r, low=1), "104857600")
-    read("PROXY_TIMEOUT_SECONDS", "proxy_timeout_s",
-         lambda r: _parse_number(r, low=0, low_open=True, high=86400), "30")
-    read("CORS_ALLOWED_ORIGINS", "cors_allowed_origins", _parse_origins, "")
-    read("LOG_LEVEL", "log_level", _parse_log_level, "INFO")
-    read("DASHBOARD_MAX_CONNECTIONS", "max_connections", lambda r: _parse_int(r, low=16), "10000")
-
-    token = get("PROXY_AUTH_TOKEN") or None
-    if values.get("proxy_auth_enabled"):
-        if not token:
-            problems.append("PROXY_AUTH_TOKEN: required when PROXY_AUTH_ENABLED=true")
-        elif len(token) < 16:
-            problems.append("PROXY_AUTH_TOKEN: must be at least 16 characters")
-    if token and (any(not ch.isprintable() or ch.isspace() for ch in token)):
-        problems.append("PROXY_AUTH_TOKEN: must not contain spaces or control characters")
-
-    data_dir = values.get("data_dir")
-    if isinstance(data_dir, Path) and not problems:
-        try:
-            data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            problems.append(f"DASHBOARD_DATA_DIR: cannot create {str(data_dir)!r}: {exc.strerror}")
-
-    if problems:
-        raise ConfigError(problems)
-    if hashed is None:
-        # Hash at start-up so the plain password is never kept in memory past this point.
-        hashed = hash_password(password, rounds=bcrypt_rounds)
-    return Config(auth_username=username, auth_password_hash=hashed, proxy_auth_token=token, **values)
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _parse_bind_host(raw: str) -> str:
@@ -318,3 +160,199 @@ def _parse_log_level(raw: str) -> str:
     if level not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, not {raw!r}")
     return level
+
+
+def _parse_password_hash(raw: str | bytes) -> bytes:
+    text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+    if not _BCRYPT_HASH.match(text):
+        raise ValueError("must be a bcrypt hash ($2b$12$ followed by 53 characters)")
+    return text.encode("ascii")
+
+
+def _parse_username(raw: str) -> str:
+    if len(raw) > 128 or any(not ch.isprintable() for ch in raw):
+        raise ValueError("must be at most 128 printable characters")
+    return raw
+
+
+OllamaHost = Annotated[str, BeforeValidator(parse_ollama_host)]
+BindHost = Annotated[str, BeforeValidator(_parse_bind_host)]
+Registries = Annotated[tuple[str, ...], BeforeValidator(_parse_registries)]
+Origins = Annotated[tuple[str, ...], BeforeValidator(_parse_origins)]
+KeepAlive = Annotated[str | int | float, BeforeValidator(parse_keep_alive)]
+Bool = Annotated[bool, BeforeValidator(_parse_bool)]
+LogLevel = Annotated[str, BeforeValidator(_parse_log_level)]
+PasswordHash = Annotated[bytes, BeforeValidator(_parse_password_hash)]
+UserName = Annotated[str, BeforeValidator(_parse_username)]
+# Kept out of repr() and of model_dump(): the log and any dump of the settings.
+_SECRET = {"repr": False, "exclude": True}
+
+
+class Config(BaseSettings):
+    """Every setting of the server, typed and validated.
+
+    Build one from the environment with load_config(), or in code by field name:
+    Config(auth_username="admin", auth_password_hash=..., port=8080).
+    """
+
+    # validate_default: a default is written as the variable would be ("registry.ollama.ai,hf.co")
+    # and parsed like it; the password and token rules also run when those are unset.
+    model_config = SettingsConfigDict(populate_by_name=True, frozen=True, extra="ignore",
+                                      allow_inf_nan=False, validate_default=True)
+
+    # The variable as named in the contract; its type; its one default (the contract's); bounds.
+    auth_username: UserName = Field(alias="DASHBOARD_AUTH_USERNAME", description="the administrator's user name")
+    # Before the password: the password's validator reads whether a (valid) hash was given.
+    auth_password_hash: PasswordHash | None = Field(None, alias="DASHBOARD_AUTH_PASSWORD_HASH", **_SECRET)
+    auth_password: SecretStr | None = Field(None, alias="DASHBOARD_AUTH_PASSWORD")
+    session_expiry_hours: float = Field(24.0, alias="SESSION_EXPIRY_HOURS", gt=0, le=24 * 365)
+    host: BindHost = Field("127.0.0.1", alias="DASHBOARD_HOST")
+    port: int = Field(5000, alias="DASHBOARD_PORT", ge=1, le=65535)
+    data_dir: Path = Field(Path("./data"), alias="DASHBOARD_DATA_DIR")
+    ollama_host: OllamaHost = Field("http://localhost:11434", alias="OLLAMA_HOST")
+    ollama_allowed_registries: Registries = Field("registry.ollama.ai,hf.co", alias="OLLAMA_ALLOWED_REGISTRIES")
+    ollama_load_keep_alive: KeepAlive = Field("-1", alias="OLLAMA_LOAD_KEEP_ALIVE")
+    vram_poll_interval_s: float = Field(2.0, alias="VRAM_POLL_INTERVAL_SECONDS", ge=0.1, le=3600)
+    proxy_auth_enabled: Bool = Field(False, alias="PROXY_AUTH_ENABLED")
+    proxy_auth_token: str | None = Field(None, alias="PROXY_AUTH_TOKEN", **_SECRET)
+    max_proxy_request_size: int = Field(104857600, alias="MAX_PROXY_REQUEST_SIZE", ge=1)
+    proxy_timeout_s: float = Field(30.0, alias="PROXY_TIMEOUT_SECONDS", gt=0, le=86400)
+    cors_allowed_origins: Origins = Field((), alias="CORS_ALLOWED_ORIGINS")
+    log_level: LogLevel = Field("INFO", alias="LOG_LEVEL")
+    max_connections: int = Field(10000, alias="DASHBOARD_MAX_CONNECTIONS", ge=16)
+
+    # Not variables: fixed by the contract, fields so that tests can change them.
+    max_api_body_bytes: int = 1024 * 1024
+    login_max_failures: int = 5
+    login_window_s: int = 15 * 60
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   **sources: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Take only the values handed in: load_config() reads the environment and `.env`.
+
+        So Config(...) in a test never picks up the developer's shell or `.env`.
+        """
+        return (init_settings,)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_unset(cls, data: Any) -> Any:
+        """Strip values; an empty one means the default, as if unset (except the raw password)."""
+        if not isinstance(data, Mapping):
+            return data
+        values = {}
+        for key, value in data.items():
+            if isinstance(value, str) and key not in _RAW_VARIABLES:
+                value = value.strip()
+            if value != "":
+                values[key] = value
+        return values
+
+    @field_validator("auth_password")
+    @classmethod
+    def _check_password(cls, password: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if "auth_password_hash" not in info.data:
+            return None  # the hash given is invalid: that is the one problem to report
+        if info.data["auth_password_hash"] is not None:
+            return None  # the hash wins; a password beside it is not used
+        if password is None:
+            raise ValueError("required unless DASHBOARD_AUTH_PASSWORD_HASH is set")
+        text = password.get_secret_value()
+        if len(text) < 8:
+            raise ValueError("must be at least 8 characters")
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            # Bytes that are not UTF-8 reach os.environ as surrogates; no JSON login could match them.
+            raise ValueError("must be UTF-8 text") from None
+        if size > 72:
+            raise ValueError("must be at most 72 bytes (bcrypt ignores the rest)")
+        return password
+
+    @field_validator("proxy_auth_token")
+    @classmethod
+    def _check_proxy_token(cls, token: str | None, info: ValidationInfo) -> str | None:
+        if token is not None and any(not ch.isprintable() or ch.isspace() for ch in token):
+            raise ValueError("must not contain spaces or control characters")
+        if info.data.get("proxy_auth_enabled"):
+            if token is None:
+                raise ValueError("required when PROXY_AUTH_ENABLED=true")
+            if len(token) < 16:
+                raise ValueError("must be at least 16 characters")
+        return token
+
+    @property
+    def session_expiry_s(self) -> float:
+        return self.session_expiry_hours * 3600.0
+
+
+VARIABLES = {field.alias: name for name, field in Config.model_fields.items() if field.alias}
+
+
+def load_config(environ: Mapping[str, str] | None = None,
+                dotenv_path: str | os.PathLike | None = ".env") -> Config:
+    """Read the environment over `.env` into a Config, or raise ConfigError listing every problem."""
+    values: dict[str, str] = {}
+    problems: list[str] = []
+    if dotenv_path is not None and Path(dotenv_path).is_file():
+        try:
+            values.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            problems.append(f"{dotenv_path}: cannot read it: {reason}")
+    values.update(os.environ if environ is None else environ)
+    try:
+        config = Config(**{name: value for name, value in values.items() if name in VARIABLES})
+    except ValidationError as exc:
+        problems.extend(describe_errors(exc))
+        config = None
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def ensure_data_dir(config: Config) -> str | None:
+    """Create DASHBOARD_DATA_DIR if missing; return the problem line when that fails."""
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"DASHBOARD_DATA_DIR: cannot create {str(config.data_dir)!r}: {exc.strerror or exc}"
+    return None
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """Turn pydantic's errors into one line per variable: "NAME: what is wrong"."""
+    aliases = {name: field.alias or name for name, field in Config.model_fields.items()}
+    lines: list[str] = []
+    seen: set[str] = set()
+    for error in exc.errors(include_url=False):
+        key = str(error["loc"][0]) if error["loc"] else "configuration"
+        variable = aliases.get(key, key)
+        if variable in seen:
+            continue  # one line per variable: the first problem is the one to fix
+        seen.add(variable)
+        lines.append(f"{variable}: {_describe(error, Config.model_fields.get(VARIABLES.get(variable, key)))}")
+    return lines
+
+
+def _describe(error: dict, field) -> str:
+    kind, ctx, given = error["type"], error.get("ctx", {}), error.get("input")
+    shown = repr(given) if isinstance(given, str) else given
+    if kind == "value_error":
+        return str(ctx["error"])
+    if kind == "missing":
+        return f"required ({field.description})" if field is not None and field.description else "required"
+    if kind in ("float_parsing", "float_type"):
+        return f"must be a number, not {shown}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"must be a whole number, not {shown}"
+    if kind == "finite_number":
+        return f"must be a finite number, not {shown}"
+    bounds = {"greater_than": ("greater than", "gt"), "greater_than_equal": ("at least", "ge"),
+              "less_than": ("less than", "lt"), "less_than_equal": ("at most", "le")}
+    if kind in bounds:
+        words, key = bounds[kind]
+        return f"must be {words} {ctx[key]:g}, not {given}"
+    return error["msg"]

@@ -6,12 +6,12 @@ import hmac
 import logging
 import sys
 
-import bcrypt
-from flask import Blueprint, Flask, jsonify, request
+from flask import Blueprint, Flask, current_app, jsonify, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
 from auth.credentials import current_session
+from auth.passwords import admin_password_hash, check_password
 from concurrency import run_in_thread
 from errors import UnauthorizedError
 from jsonbody import read_json_object, require_string
@@ -20,6 +20,7 @@ import services as services_module
 log = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
 INVALID_LOGIN = "invalid username or password"
+_PASSWORD_HASH = "auth.admin_password_hash"  # key in app.extensions
 
 
 def init_limiter(app: Flask, config) -> Limiter:
@@ -56,12 +57,10 @@ def _scope_hooks_to_blueprint(app: Flask, limiter: Limiter, blueprint: str) -> N
         raise RuntimeError(f"expected Flask-Limiter's 3 request hooks, found {moved}")
 
 
-def _password_matches(password: str, hashed: bytes) -> bool:
-    try:
-        return bcrypt.checkpw(password.encode("utf-8", "surrogatepass"), hashed)
-    except ValueError:
-        # bcrypt 5 raises on passwords over 72 bytes; they can never match a valid password.
-        return False
+@bp.record_once
+def _hash_admin_password(state) -> None:
+    # Once per app, at creation: from here on the login checks against this hash.
+    state.app.extensions[_PASSWORD_HASH] = admin_password_hash(state.app.extensions["dashboard"].config)
 
 
 @bp.post("/login")
@@ -75,7 +74,7 @@ def login():
     config = services.config
     # Always run bcrypt (in a real thread: ~250 ms at cost 12 would stall every connection),
     # so a wrong user name takes as long as a wrong password.
-    password_ok = run_in_thread(_password_matches, password, config.auth_password_hash)
+    password_ok = run_in_thread(check_password, password, current_app.extensions[_PASSWORD_HASH])
     user_ok = hmac.compare_digest(username.encode("utf-8", "surrogatepass"),
                                   config.auth_username.encode("utf-8"))
     if not (password_ok and user_ok):

@@ -1,10 +1,9 @@
-"""Ollama: the HTTP client, the model routes, downloads (and, in proxy.py, the /ollama proxy)."""
+"""Ollama: the HTTP client, the model routes, downloads (and, in proxy.py, the /ollama proxy).
+
+Nothing is imported here, so that config.py can read Ollama's keep_alive syntax
+(ollama_client.keep_alive) without pulling in the HTTP client, eventlet and Flask.
+"""
 from __future__ import annotations
-
-from ollama_client.client import OllamaClient
-from ollama_client.downloads import DownloadManager
-
-__all__ = ["DownloadManager", "OllamaClient", "init_app"]
 
 
 def init_app(app, services) -> None:

@@ -10,10 +10,10 @@ from typing import Any, Callable, Iterator, TypeVar
 from flask import Blueprint, request
 
 import concurrency
-from config import parse_keep_alive
 from errors import ApiError, BadRequestError, ConflictError, NotFoundError, OllamaError
 from jsonbody import parsed_json_or_none, read_json_object, require_string
 from ollama_client.formatting import human_bytes, processor, short_id
+from ollama_client.keep_alive import parse_keep_alive
 from ollama_client.names import MAX_NAME, ModelName, canonical_or_none, parse_model_name
 import services as services_module
 

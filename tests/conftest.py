@@ -16,7 +16,8 @@ import time  # noqa: E402
 import pytest  # noqa: E402
 
 from auth.sessions import InMemorySessionStore  # noqa: E402
-from config import Config, hash_password  # noqa: E402
+from auth.passwords import hash_password  # noqa: E402
+from config import Config  # noqa: E402
 
 USERNAME = "admin"
 PASSWORD = "correct-horse-battery"

@@ -135,3 +135,17 @@ def test_password_never_logged(client, caplog):
     client.post("/api/auth/login", json={"username": USERNAME, "password": PASSWORD})
     client.post("/api/auth/login", json={"username": USERNAME, "password": "wrong-secret-123"})
     assert PASSWORD not in caplog.text and "wrong-secret-123" not in caplog.text
+
+
+@pytest.fixture
+def low_bcrypt_cost(monkeypatch):
+    monkeypatch.setattr("auth.passwords.BCRYPT_ROUNDS", 4)
+
+
+@pytest.mark.parametrize("config_overrides", [{"auth_password_hash": None, "auth_password": PASSWORD}])
+def test_plain_password_is_hashed_once_at_app_creation(low_bcrypt_cost, app, client, config_overrides):
+    hashed = app.extensions["auth.admin_password_hash"]
+    assert hashed.startswith(b"$2b$04$")  # the injected cost
+    assert client.post("/api/auth/login", json={"username": USERNAME, "password": PASSWORD}).status_code == 200
+    assert client.post("/api/auth/login", json={"username": USERNAME, "password": "wrong"}).status_code == 401
+    assert app.extensions["auth.admin_password_hash"] is hashed
