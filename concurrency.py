@@ -4,6 +4,7 @@ Moving to gevent or threading mode later is a change here and in ASYNC_MODE only
 """
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import time
@@ -123,6 +124,22 @@ def client_gone_probe(environ: dict[str, Any]) -> Callable[[], bool] | None:
     return environ.get(CLIENT_GONE_PROBE)
 
 
+def _peer_closed(sock: socket.socket) -> bool:
+    """Return whether the peer has closed `sock` (end-of-stream or reset), without waiting or reading."""
+    # eventlet's GreenSocket answers a would-block receive by waiting, MSG_DONTWAIT or not; set
+    # non-blocking through the socket API it passes the receive straight through.
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False  # nothing sent, still open
+    except OSError:
+        return True   # reset, or closed under us
+    finally:
+        sock.settimeout(timeout)
+
+
 def monotonic() -> float:
     return time.monotonic()
 
@@ -197,6 +214,7 @@ class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
             # read it (and apply MAX_CONTENT_LENGTH); otherwise it hands views an empty body, and a
             # chunked JSON request is "not valid JSON".
             environ["wsgi.input_terminated"] = True
+        environ[CLIENT_GONE_PROBE] = functools.partial(_peer_closed, self.connection)
         return environ
 
     def parse_request(self):
