@@ -82,7 +82,7 @@ def create_app(config: Config | None = None, *, nvml_reader=None, session_store=
     ollama_client.init_app(app, services)
     ollama_client.proxy.init_app(app, services)
     dashboard.init_app(app, services)
-    auth.init_limiter(app)
+    auth.init_throttle(app)
     return app
 
 
