@@ -223,7 +223,8 @@ class Config(BaseSettings):
 
     # Not variables: fixed by the contract, fields so that tests can change them.
     max_api_body_bytes: int = 1024 * 1024
-    login_max_failures: int = 5
+    login_max_failures: int = 5          # per client address, in login_window_s
+    login_max_user_failures: int = 20    # per user name, across all addresses
     login_window_s: int = 15 * 60
 
     @classmethod

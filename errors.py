@@ -53,6 +53,16 @@ class PayloadTooLargeError(ApiError):
     status = 413
 
 
+class TooManyRequestsError(ApiError):
+    """Throttled: 429 with Retry-After, the whole seconds until an attempt would be admitted."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after_s: int, **kwargs):
+        kwargs.setdefault("headers", {"Retry-After": str(max(1, int(retry_after_s)))})
+        super().__init__(message, **kwargs)
+
+
 class OllamaUnavailableError(ApiError):
     """Ollama could not be reached at all."""
 

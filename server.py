@@ -48,13 +48,19 @@ class _RequestPool(eventlet.GreenPool):
 
 
 def _peer_closed(sock: socket.socket) -> bool:
-    """Tell, without reading or blocking, whether the peer has closed the connection."""
+    """Return whether the peer has closed `sock` (end-of-stream or reset), without waiting or reading."""
+    # eventlet's GreenSocket answers a would-block receive by waiting, MSG_DONTWAIT or not; set
+    # non-blocking through the socket API it passes the receive straight through.
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
     try:
         return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (BlockingIOError, InterruptedError):
-        return False
+    except BlockingIOError:
+        return False  # nothing sent, still open
     except OSError:
-        return True
+        return True   # reset, or closed under us
+    finally:
+        sock.settimeout(timeout)
 
 
 class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):

@@ -1,6 +1,6 @@
 """Login, sessions and credentials; the hook that guards every /api/* route."""
 from auth.credentials import authenticate, bearer_token, current_session, protect_api
-from auth.routes import bp, init_limiter
+from auth.routes import bp, init_throttle
 from auth.sessions import InMemorySessionStore, Session, SessionStore
 
 __all__ = ["authenticate", "bearer_token", "bp", "current_session", "init_app", "InMemorySessionStore",
@@ -11,4 +11,4 @@ def init_app(app, services) -> None:
     """Guard /api/*, register the auth routes and the login throttle."""
     protect_api(app)
     app.register_blueprint(bp)
-    init_limiter(app, services.config)
+    init_throttle(app, services.config)

@@ -19,7 +19,6 @@ import functools
 import http.client
 import json
 import logging
-import re
 import socket
 from typing import Any, Iterable, Iterator
 
@@ -269,86 +268,16 @@ class PullStream:
 
 
 def iter_body(response: Response, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
-    """Yield a response's body as it arrives: all that one receive brought, never held back.
+    """Yield a response's body as it arrives: what one receive brought, never held back.
 
     Read inside `transport_errors`. A body read to its end gives its connection back to the pool.
     """
-    raw = getattr(response, "_fp", None)  # the http.client response under urllib3's
-    if not (response.chunked and isinstance(raw, http.client.HTTPResponse) and raw.fp is not None
-            and raw.length is None):  # length 0: a HEAD, 204 or 304 has no body to decode
-        # read() would wait for chunk_bytes or the end; read1() returns what one receive brought.
-        while data := response.read1(chunk_bytes):
-            yield data
-        return
-    # Ollama sends every NDJSON line as a chunk of its own. urllib3's read_chunked() costs ~15
-    # Python calls a chunk (about a third of the proxy's CPU at full speed); decoding all that
-    # one receive brought at once costs a few. The buffered reader is the one urllib3's own
-    # read_chunked() reads (`_fp.fp`): the status line and headers came through it.
-    reader = raw.fp
-    decoder = _ChunkedDecoder()
-    while not decoder.done:
-        data = reader.read1(chunk_bytes)
-        if not data:
-            raise urllib3.exceptions.ProtocolError("Response ended prematurely")
-        body = decoder.feed(data)
-        if body:
-            yield body
-    # As read_chunked() ends: the response is complete, the connection goes back to the pool.
-    raw.close()
-    response.release_conn()
-
-
-class _ChunkedDecoder:
-    """Decode HTTP/1.1 chunked transfer coding from pieces as they arrive (trailers are dropped)."""
-
-    MAX_LINE_BYTES = 64 * 1024
-    _SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
-
-    def __init__(self):
-        self.done = False
-        self._pending = b""    # an incomplete size or trailer line, or a chunk's CRLF split in two
-        self._left = 0         # data bytes of the current chunk still to come
-        self._crlf = False     # the CRLF after a chunk's data is next
-        self._trailers = False  # after the last chunk: trailer lines until an empty one
-
-    def feed(self, data: bytes) -> bytes:
-        """Return the body bytes in `data`; raise ProtocolError on malformed framing."""
-        buf = self._pending + data if self._pending else data
-        self._pending = b""
-        out = []
-        pos, end = 0, len(buf)
-        while pos < end and not self.done:
-            if self._left:
-                stop = min(end, pos + self._left)
-                out.append(buf[pos:stop])
-                self._left -= stop - pos
-                self._crlf = not self._left
-                pos = stop
-            elif self._crlf:
-                if end - pos < 2:
-                    break
-                if buf[pos:pos + 2] != b"\r\n":
-                    raise urllib3.exceptions.ProtocolError("Chunk not followed by CRLF")
-                self._crlf = False
-                pos += 2
-            else:
-                newline = buf.find(b"\n", pos)
-                if newline < 0:
-                    if end - pos > self.MAX_LINE_BYTES:
-                        raise urllib3.exceptions.ProtocolError("Chunk size line too long")
-                    break
-                line = buf[pos:newline].rstrip(b"\r")
-                pos = newline + 1
-                if self._trailers:
-                    self.done = not line
-                    continue
-                size = line.split(b";", 1)[0].strip()
-                if not self._SIZE.fullmatch(size):
-                    raise urllib3.exceptions.ProtocolError(f"Invalid chunk size line: {line[:40]!r}")
-                self._left = int(size, 16)
-                self._trailers = not self._left
-        self._pending = buf[pos:]
-        return out[0] if len(out) == 1 else b"".join(out)
+    # read() would wait for chunk_bytes or the end. read1() returns what is there: for a chunked
+    # body (Ollama sends every NDJSON line as a chunk of its own) at most the rest of one chunk,
+    # de-chunked by http.client, so each line goes on the moment it arrives. urllib3 releases the
+    # connection to the pool once the body has been read to its end.
+    while data := response.read1(chunk_bytes):
+        yield data
 
 
 def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -366,15 +295,15 @@ def abort_response(response: Response) -> None:
     """Shut down a streamed response's socket, waking a green thread blocked reading it.
 
     Closing the response from another green thread while one reads it raises "reentrant call"
-    in the reader's buffered file; shutting the socket down instead makes its read return
-    end-of-stream, and the peer (Ollama) sees the connection close at once. A response read to
-    its end has given its connection back to the pool already: then there is nothing to do.
+    in the reader's buffered file; urllib3's `shutdown()` (SHUT_RD) instead makes that read
+    return end-of-stream, and the reader closes the response, so Ollama sees the connection
+    close. A response read to its end has given its connection back to the pool already, and a
+    closed one has no socket left: then there is nothing to do.
     """
-    sock = getattr(response.connection, "sock", None)
-    if sock is None:
+    if response.connection is None or response.closed:
         return
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError, ValueError):  # ValueError: closed meanwhile (no socket to shut)
+        response.shutdown()
 
 
 def check_status(response: Response, content: bytes) -> None:
@@ -433,14 +362,14 @@ def _root_causes(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _is_timeout(exc: BaseException) -> bool:
-    return any(isinstance(e, (TimeoutError, socket.timeout)) or type(e).__name__ == "ReadTimeoutError"
+    return any(isinstance(e, (TimeoutError, socket.timeout, urllib3.exceptions.ReadTimeoutError))
                for e in _root_causes(exc))
 
 
 def _describe(exc: BaseException) -> str:
     """Say in a few words why a connection failed (refused, unknown host...)."""
     for cause in _root_causes(exc):
-        if isinstance(cause, socket.gaierror) or type(cause).__name__ == "NameResolutionError":
+        if isinstance(cause, (socket.gaierror, urllib3.exceptions.NameResolutionError)):
             return "cannot resolve the host name"
         if isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED:
             return "connection refused"
@@ -449,6 +378,7 @@ def _describe(exc: BaseException) -> str:
         if getattr(cause, "errno", None) in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return "no route to host"
     for cause in _root_causes(exc):
-        if type(cause).__name__ in ("RemoteDisconnected", "ProtocolError", "IncompleteRead"):
+        if isinstance(cause, (http.client.RemoteDisconnected, http.client.IncompleteRead,
+                              urllib3.exceptions.ProtocolError)):
             return "the connection closed before Ollama answered"
     return str(exc)[:200] or type(exc).__name__

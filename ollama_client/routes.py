@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import socket
 from typing import Any, Callable, Iterator, TypeVar
 
 from flask import Blueprint, request
@@ -74,26 +73,10 @@ def _ollama_404_means(message: str) -> Iterator[None]:
         raise
 
 
-def _client_socket() -> Any:
-    """Return the client's socket under eventlet's WSGI server (None under the test client)."""
-    stream = request.environ.get("eventlet.input")
-    sock = getattr(stream, "_sock", None)
-    return getattr(sock, "fd", sock)  # the real socket under eventlet's GreenSocket
-
-
-def _peer_closed(sock: Any) -> bool:
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-
-
 def _call_while_client_waits(fn: Callable[[], T]) -> T:
     """Run a long upstream call; if the client hangs up meanwhile, abort it (closing Ollama's request)."""
-    sock = _client_socket()
-    if sock is None:
+    client_gone = concurrency.client_gone_probe(request.environ)
+    if client_gone is None:  # not behind the dashboard's HTTP server (Flask's test client)
         return fn()
     done = concurrency.Event()
     outcome: dict[str, Any] = {}
@@ -108,7 +91,7 @@ def _call_while_client_waits(fn: Callable[[], T]) -> T:
 
     worker = concurrency.spawn(work)
     while not done.wait(DISCONNECT_POLL_S):
-        if _peer_closed(sock):
+        if client_gone():
             concurrency.kill(worker)  # unwinds the upstream request, closing its connection
             log.info("client left during %s %s; upstream request aborted", request.method, request.path)
             raise ClientGoneError("client disconnected; request to Ollama aborted")

@@ -1,6 +1,8 @@
 """Login, sessions, the /api guard, throttling and expiry."""
 import pytest
 
+import concurrency
+
 from tests.conftest import PASSWORD, USERNAME
 
 # Every /api route of the contract; each must refuse a request without valid credentials.
@@ -120,6 +122,48 @@ def test_successful_logins_do_not_count_as_failures(client):
     for _ in range(4):
         assert client.post("/api/auth/login", json={"username": USERNAME, "password": "nope"}).status_code == 401
     assert client.post("/api/auth/login", json={"username": USERNAME, "password": PASSWORD}).status_code == 200
+
+
+def test_thirty_concurrent_wrong_logins_get_at_most_five_checked(app, client, monkeypatch):
+    # bcrypt made slow and green, so all 30 are in the route at once: a limit that counted a
+    # failure only once it was known would let every one of them be checked.
+    import auth.routes
+    checking = {"now": 0, "most": 0}
+
+    def slow_check(fn, *args):
+        checking["now"] += 1
+        checking["most"] = max(checking["most"], checking["now"])
+        concurrency.sleep(0.05)
+        checking["now"] -= 1
+        return fn(*args)
+
+    monkeypatch.setattr(auth.routes, "run_in_thread", slow_check)
+
+    def wrong_login():
+        return client.post("/api/auth/login", json={"username": USERNAME, "password": "nope"})
+
+    threads = [concurrency.spawn(wrong_login) for _ in range(30)]
+    responses = [thread.wait() for thread in threads]
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [401] * 5 + [429] * 25
+    assert checking["most"] == 5
+    refused = next(r for r in responses if r.status_code == 429)
+    assert int(refused.headers["Retry-After"]) >= 1 and "error" in refused.get_json()
+    # Once they are settled, the five failures hold the address back for the window.
+    late = client.post("/api/auth/login", json={"username": USERNAME, "password": PASSWORD})
+    assert late.status_code == 429 and int(late.headers["Retry-After"]) > 60
+
+
+@pytest.mark.parametrize("config_overrides", [{"login_max_user_failures": 7}])
+def test_failures_for_one_user_name_are_capped_across_addresses(client, config_overrides):
+    def login(address, username=USERNAME, password="nope"):
+        return client.post("/api/auth/login", json={"username": username, "password": password},
+                           environ_base={"REMOTE_ADDR": address})
+
+    assert [login(f"10.0.0.{i % 2 + 1}").status_code for i in range(7)] == [401] * 7
+    refused = login("10.0.0.3", password=PASSWORD)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    assert login("10.0.0.3", username="someone-else").status_code == 401  # other names are unaffected
 
 
 def test_login_does_not_need_a_token_and_health_is_public(client):

@@ -2,6 +2,7 @@
 import hashlib
 import http.client
 import json
+import socket
 import statistics
 import time
 
@@ -282,25 +283,53 @@ def test_streamed_bodies_are_decoded_whole_however_they_arrive_and_keep_the_conn
     assert client._pool.num_connections == 1  # each body read to its end gave the connection back
 
 
+def _serve_once(head_and_body_parts):
+    """Answer one request on a fresh port with these raw bytes (sent piece by piece); return its URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def answer():
+        conn, _ = listener.accept()
+        with conn, listener:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += conn.recv(65536)
+            for part in head_and_body_parts:
+                conn.sendall(part)
+                time.sleep(0.002)  # separate receives on the client's side
+
+    concurrency.spawn(answer)
+    return f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
 @pytest.mark.parametrize("wire, body", [
     (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
     (b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", b"hello world"),
     (b"A\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n", b"0123456789"),
     (b"0\r\n\r\n", b""),
 ])
-def test_chunked_decoding_table(wire, body):
-    from ollama_client.client import _ChunkedDecoder
+@pytest.mark.parametrize("piece", [1, 3, 7, 1000])
+def test_chunked_bodies_decode_however_the_bytes_are_split(wire, body, piece):
+    ollama = OllamaClient(_serve_once([CHUNKED_HEAD] + [wire[i:i + piece] for i in range(0, len(wire), piece)]))
+    response = ollama.open_raw("GET", "/api/version")
+    with ollama.transport_errors():
+        assert b"".join(iter_body(response)) == body
+    response.close()
+    ollama.close()
 
-    for piece in (1, 2, 3, 7, len(wire)):  # however the bytes are split across receives
-        decoder = _ChunkedDecoder()
-        out = b"".join(decoder.feed(wire[i:i + piece]) for i in range(0, len(wire), piece))
-        assert (out, decoder.done) == (body, True)
 
-
-@pytest.mark.parametrize("wire", [b"zz\r\n", b"-5\r\n", b"0x5\r\nhello\r\n", b"5\r\nhelloXX"])
-def test_malformed_chunking_is_a_broken_connection(client, wire):
-    from ollama_client.client import _ChunkedDecoder
-
+@pytest.mark.parametrize("wire", [b"zz\r\n", b"-5\r\n", b"0x5\r\nhello\r\n", b"5\r\nhello"])
+def test_malformed_or_cut_chunking_is_a_broken_connection(wire):
+    ollama = OllamaClient(_serve_once([CHUNKED_HEAD, wire]))
+    response = ollama.open_raw("GET", "/api/version")
     with pytest.raises(OllamaUnavailableError, match="the connection broke mid-response"):
-        with client.transport_errors():
-            _ChunkedDecoder().feed(wire)
+        with ollama.transport_errors():
+            for _ in iter_body(response):
+                pass
+    response.close()
+    ollama.close()

@@ -5,12 +5,11 @@ The tests skip only where Chromium (or Playwright) is missing on a developer's m
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 from pathlib import Path
 
+import eventlet.patcher
 import pytest
 import requests
 
@@ -42,32 +41,25 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session")
 def playwright_instance():
+    """Playwright's sync API, started once; stopped only where eventlet has not patched the process.
+
+    tests/conftest.py monkey-patches this process (as app.py does), and then Playwright cannot stop:
+    its dispatcher greenlet runs asyncio's loop, whose green select and green Popen switch through
+    eventlet's hub, and the hub adopts it as its child. When stop() lets it finish, it returns to
+    the hub instead of to the caller, and stop() (like leaving `with sync_playwright()`) never
+    returns. The browser is closed by then, and the driver exits by itself when its pipe closes with
+    this process, so under the patch it is left to do so; unpatched, it is stopped as usual.
+    """
     if not CHROMIUM.exists():
         _unavailable(f"{CHROMIUM} not found (apt-get install chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("Playwright for Python is not installed (pip install playwright)")
-    manager = sync_playwright()
-    playwright = manager.start()
+    playwright = sync_playwright().start()
     yield playwright
-    _end_driver(manager)
-
-
-def _end_driver(manager) -> None:
-    """End Playwright's node driver without manager.__exit__().
-
-    __exit__ waits for the driver's exit through asyncio's child watcher, a thread that never
-    reports back under eventlet's monkey patching (tests/conftest.py patches this process), so it
-    would hang forever. The browser is closed by then; ending the driver is all that is left. Should
-    Playwright's internals move, the driver still exits by itself when this process ends and its
-    pipe closes.
-    """
-    proc = getattr(getattr(getattr(manager, "_client", None), "_transport", None), "_proc", None)
-    pid = getattr(proc, "pid", None)
-    if pid:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    if not eventlet.patcher.is_monkey_patched("select"):
+        playwright.stop()
 
 
 @pytest.fixture(scope="session")
