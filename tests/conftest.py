@@ -16,17 +16,14 @@ import time  # noqa: E402
 import pytest  # noqa: E402
 
 from auth.sessions import InMemorySessionStore  # noqa: E402
-from auth.passwords import hash_password  # noqa: E402
 from config import Config  # noqa: E402
 
-USERNAME = "admin"
-PASSWORD = "correct-horse-battery"
-_PASSWORD_HASH = hash_password(PASSWORD, rounds=4)  # cost 4: fast tests, same code path
+from tests.credentials import PASSWORD, PASSWORD_HASH, USERNAME  # noqa: E402
 
 
 def make_config(tmp_path, **overrides) -> Config:
     """Return a valid Config for tests; keyword arguments override fields."""
-    values = dict(auth_username=USERNAME, auth_password_hash=_PASSWORD_HASH, data_dir=tmp_path / "data",
+    values = dict(auth_username=USERNAME, auth_password_hash=PASSWORD_HASH, data_dir=tmp_path / "data",
                   ollama_host="http://127.0.0.1:9", vram_poll_interval_s=2.0)
     values.update(overrides)
     return Config(**values)

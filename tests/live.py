@@ -13,8 +13,7 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
-USERNAME = "admin"
-PASSWORD = "correct-horse-battery"
+from tests.credentials import PASSWORD, PASSWORD_HASH, USERNAME
 
 
 def free_port() -> int:
@@ -66,13 +65,11 @@ def server_env(tmp_path: Path, *, port: int, nvml_lib_dir: Path | None = None,
                nvml_scenario: Path | None = None, ollama_url: str | None = None,
                extra: dict[str, str] | None = None) -> dict[str, str]:
     """Build the environment of a test server: the user's variables plus the fakes' hooks."""
-    from tests.conftest import _PASSWORD_HASH
-
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DASHBOARD_", "OLLAMA_", "PROXY_", "VRAM_", "SESSION_", "CORS_", "FAKE_NVML"))}
     env.update({
         "DASHBOARD_AUTH_USERNAME": USERNAME,
-        "DASHBOARD_AUTH_PASSWORD_HASH": _PASSWORD_HASH.decode(),
+        "DASHBOARD_AUTH_PASSWORD_HASH": PASSWORD_HASH.decode(),
         "DASHBOARD_PORT": str(port),
         "DASHBOARD_HOST": "127.0.0.1",
         "DASHBOARD_DATA_DIR": str(tmp_path / "data"),
@@ -114,7 +111,10 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:
 
 
 def wait_until(predicate, timeout_s: float = 5.0) -> None:
-    """Wait for `predicate` like wait_for, and fail the test when it is not met in time."""
+    """Wait for `predicate` like wait_for, and fail the test when it is not met in time.
+
+    The one helper for "wait until this holds" in every test, in-process and live alike.
+    """
     if not wait_for(predicate, timeout_s):
         raise AssertionError(f"condition not met within {timeout_s} s")
 

@@ -3,7 +3,7 @@ import pytest
 
 import concurrency
 
-from tests.conftest import PASSWORD, USERNAME
+from tests.credentials import PASSWORD, USERNAME
 
 # Every /api route of the contract; each must refuse a request without valid credentials.
 API_ROUTES = [

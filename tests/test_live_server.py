@@ -104,22 +104,18 @@ def test_cross_origin_socket_refused(start, origin, status):
     assert response.status_code == status
 
 
-def test_rest_stays_fast_while_nvml_is_slow(start, live_nvml):
-    """Each NVML call takes 300 ms in C; the poller runs it in a real thread, so requests do not wait."""
+def test_rest_answers_while_every_nvml_call_blocks_for_300_ms(start, live_nvml):
+    """The poller reads NVML in a real thread: requests are served meanwhile, from the last reading.
+
+    How fast they are is measured, not timed here: bench/isolation.py (BENCHMARKS.md, "isolation").
+    """
     live_nvml.scenario_slow_calls(300)
     server = start(VRAM_POLL_INTERVAL_SECONDS=0.5)
     headers = server.headers()
-    latencies = []
     session = requests.Session()
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        started = time.perf_counter()
-        response = session.get(f"{server.url}/api/vram/status", headers=headers, timeout=5)
-        latencies.append(time.perf_counter() - started)
-        assert response.status_code == 200
-    latencies.sort()
-    p95 = latencies[int(len(latencies) * 0.95)]
-    assert p95 < 0.05, f"p95 {p95 * 1000:.1f} ms over {len(latencies)} requests"
+    answers = [session.get(f"{server.url}/api/vram/status", headers=headers, timeout=5) for _ in range(20)]
+    assert [r.status_code for r in answers] == [200] * 20
+    assert len({r.json()["timestamp"] for r in answers}) < 20  # the stored reading, not one per request
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

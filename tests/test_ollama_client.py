@@ -9,6 +9,7 @@ import time
 import pytest
 
 import concurrency
+from tests.live import wait_until
 from errors import OllamaError, OllamaTimeoutError, OllamaUnavailableError
 from ollama_client.client import OllamaClient, iter_body, iter_lines
 
@@ -105,8 +106,7 @@ def test_is_reachable_is_cached_and_never_raises(client, fake_ollama):
     assert client.is_reachable() is True
     fake_ollama.stop()
     assert client.is_reachable() is True  # still the cached answer
-    time.sleep(0.25)
-    assert client.is_reachable() is False
+    wait_until(lambda: client.is_reachable() is False, 2)  # once the cache has aged
     assert fake_ollama.running is False
 
 
@@ -196,9 +196,7 @@ def test_closing_a_pull_from_another_green_thread_cancels_it_upstream(client, fa
     stream.close()
     reader.wait()
     assert seen == ["pulling manifest", f"pulling {layer_hex('big', 0)}", "broken"]
-    deadline = time.monotonic() + 2
-    while not fake_ollama.cancelled_pulls() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: fake_ollama.cancelled_pulls(), 2)
     assert fake_ollama.cancelled_pulls() == ["big"]
 
 

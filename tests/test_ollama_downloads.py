@@ -10,7 +10,7 @@ import concurrency
 from ollama_client.client import OllamaClient
 from ollama_client.downloads import DownloadManager
 from tests.live import wait_until
-from tests.test_vram import ScriptedReader, reading
+from tests.fakes.scripted_reader import ScriptedReader, reading
 
 BASE = "/api/models/ollama"
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.test_vram import ScriptedReader, reading
+from tests.fakes.scripted_reader import ScriptedReader, reading
 
 BASE = "/api/models/ollama"
 MODEL_OPS = ["load", "unload", "download", "download/cancel", "delete"]

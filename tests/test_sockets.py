@@ -1,7 +1,7 @@
 """Socket.IO: authenticated connections only, vram_update on connect and per tick, logout/expiry."""
 import pytest
 
-from tests.test_vram import ScriptedReader, reading
+from tests.fakes.scripted_reader import ScriptedReader, reading
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ except ImportError:
 
 from tests.e2e.conftest import ARTIFACTS, VIEWPORT, api_get, api_token, log_in  # noqa: E402
 from tests.fakes.fake_nvml import MIB, two_gpus  # noqa: E402
-from tests.live import REPO  # noqa: E402
+from tests.live import REPO, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -37,16 +37,6 @@ def available_row(page, name: str):
 
 def loaded_row(page, name: str):
     return page.locator(f'#loaded-rows tr[data-model="{name}"]')
-
-
-def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s}s")
 
 
 def test_login_rejects_a_wrong_password_then_shows_both_gpus(page, server):
@@ -87,7 +77,7 @@ def test_chart_is_seeded_from_history_then_follows_live_updates(page, server, nv
     dashboard = page
     figure = dashboard.locator("#chart-figure")
     # Seeded from /api/vram/history before the first live update arrives.
-    wait_for(lambda: int(figure.get_attribute("data-samples")) >= len(history["samples"]) > 1)
+    wait_until(lambda: int(figure.get_attribute("data-samples")) >= len(history["samples"]) > 1)
     expect(dashboard.locator("#vram-chart canvas")).to_be_visible()
     samples = lambda: int(figure.get_attribute("data-samples"))  # noqa: E731
     before = samples()
@@ -96,7 +86,7 @@ def test_chart_is_seeded_from_history_then_follows_live_updates(page, server, nv
     expect(gpu_card(dashboard, 0).locator(".vram-text")).to_have_text("18,000 / 24,564 MiB (73%)")
     # The legend shows the newest reading while the pointer is off the chart.
     expect(dashboard.locator(".u-legend .u-series").nth(1)).to_contain_text("18,000 MiB")
-    wait_for(lambda: samples() >= before + 5)
+    wait_until(lambda: samples() >= before + 5)
     assert dashboard.locator("#vram-chart canvas").screenshot() != canvas_before
 
 
@@ -180,7 +170,7 @@ def test_download_reaches_100_percent_and_lists_the_model(dashboard, fake_ollama
         seen.add(entry.locator("progress").evaluate("el => el.value"))
         return entry.get_attribute("data-status") == "complete"
 
-    wait_for(complete, timeout_s=15)
+    wait_until(complete, timeout_s=15)
     assert any(0 < value < 100 for value in seen), seen  # the bar moved on the way
     expect(entry.locator(".job-status")).to_have_text("Complete")
     expect(entry.locator(".job-percent")).to_have_text("100.0%")
@@ -214,7 +204,7 @@ def test_cancel_a_download(dashboard, fake_ollama):
     entry.get_by_role("button", name="Cancel download of phi3:mini").click()
     expect(entry).to_have_attribute("data-status", "cancelled")
     expect(entry.locator(".job-status")).to_have_text("Cancelled")
-    wait_for(lambda: "phi3:mini" in fake_ollama.cancelled_pulls())
+    wait_until(lambda: "phi3:mini" in fake_ollama.cancelled_pulls())
     expect(available_row(dashboard, "phi3:mini")).to_have_count(0)
 
 
