@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
-# Install everything the tests need (virtualenv, Python packages, Chromium) and run the whole suite.
+# Install everything the tests need (virtualenv, Python packages, Chromium, gcc) and run the whole suite.
 # Usage: ./scripts/test.sh [pytest arguments]
+# Debian/Ubuntu packages that are missing (python3-venv, chromium, gcc, libc6-dev) are installed
+# with apt-get, which needs root or sudo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# env inside: sudo drops DEBIAN_FRONTEND from the caller's environment.
+apt_install() {
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 python=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
+# A .venv without pip is what `python3 -m venv` leaves behind on Debian without python3-venv.
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  # Debian and Ubuntu ship venv's pip bootstrap (ensurepip) in python3-venv.
+  if ! "$python" -c 'import ensurepip' >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    apt_install python3-venv
+  fi
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 
 # The end-to-end tests drive Debian's Chromium (Playwright cannot download browsers offline).
 if [ ! -x /usr/bin/chromium ]; then
-  sudo=""
-  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  apt_install chromium
 fi
-# The fake NVML is a small C library compiled by the tests.
-if ! command -v gcc >/dev/null 2>&1; then
-  sudo=""
-  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq gcc libc6-dev >/dev/null
+# The fake NVML is a small C library compiled by the tests: gcc, and libc6-dev for its headers
+# and start files (gcc alone, installed without recommends, cannot link a shared library).
+if ! echo 'int f(void) { return 0; }' | gcc -shared -fPIC -x c - -o /dev/null >/dev/null 2>&1; then
+  apt_install gcc libc6-dev
 fi
 
 exec .venv/bin/python -m pytest "$@"
