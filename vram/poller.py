@@ -31,8 +31,10 @@ class VramPoller:
 
     def __init__(self, reader, interval_s: float,
                  publish: Callable[[PolledSnapshot], None] | None = None,
-                 on_tick: Callable[[], None] | None = None):
+                 on_tick: Callable[[], None] | None = None,
+                 annotate: Callable[[VramSnapshot], VramSnapshot] | None = None):
         self._reader = reader
+        self._annotate = annotate  # e.g. vram.attribution.Attributor: adds `model` to processes
         self.interval_s = interval_s
         self._publish = publish
         self._on_tick = on_tick
@@ -51,6 +53,8 @@ class VramPoller:
     def tick(self) -> PolledSnapshot:
         """Read NVML once (in an OS thread), store the result, and publish it."""
         snapshot = concurrency.run_in_thread(self._reader.read_snapshot)
+        if self._annotate is not None and snapshot.available:
+            snapshot = self._annotate(snapshot)
         body = snapshot.to_dict()
         polled = PolledSnapshot(snapshot, body, json.dumps(body, separators=(",", ":")).encode())
         sample = (snapshot.timestamp, tuple(
