@@ -33,6 +33,7 @@ from security import register_security
 from services import Services
 from sockets import SocketHub
 from sockets.handlers import origin_checker
+from vram.attribution import Attributor
 from vram.nvml import NvmlReader
 from vram.poller import VramPoller
 
@@ -67,9 +68,12 @@ def create_app(config: Config | None = None, *, nvml_reader=None, session_store=
     services = Services(config=config, sessions=sessions, socketio=socketio, nvml=reader, poller=None)
     hub = SocketHub(socketio, sessions, lambda: services.poller.latest)
     services.hub = hub
+    # Late-bound: the model index is built with the Ollama client, in ollama_client.init_app.
+    attribution = Attributor(lambda blob: services.model_index.name_for_blob(blob),
+                             on_unknown=lambda blob: services.model_index.request_refresh(blob))
     services.poller = VramPoller(reader, config.vram_poll_interval_s,
                                  publish=lambda polled: hub.broadcast("vram_update", polled.body),
-                                 on_tick=services.expire_sessions)
+                                 on_tick=services.expire_sessions, annotate=attribution)
     services.session_ended_listeners.append(hub.disconnect_token)
     app.extensions["dashboard"] = services
 

@@ -22,6 +22,8 @@ class Services:
     hub: Any = None
     ollama: Any = None
     downloads: Any = None
+    model_index: Any = None  # ollama_client.model_index.ModelIndex: blob digest -> model name
+    fit: Any = None          # ollama_client.fit_service.FitAdvisor
     session_ended_listeners: list[Callable[[str], None]] = field(default_factory=list)
     shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
 
