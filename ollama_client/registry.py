@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -83,12 +84,25 @@ class RegistryClient:
         self.deadline_s = deadline_s
         self.max_header_bytes = max_header_bytes
         self.first_read_bytes = first_read_bytes
-        # ca_certs None: urllib3 loads OpenSSL's default paths, which read SSL_CERT_FILE / SSL_CERT_DIR.
-        self._pool = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle, retries=False,
-                                         num_pools=8, maxsize=2, block=False)
+        self.ca_bundle = ca_bundle
+        self._pool: urllib3.PoolManager | None = None
+
+    def _pool_manager(self) -> urllib3.PoolManager:
+        """Build the pool on first use, with a context from `ssl` itself (see below)."""
+        if self._pool is None:
+            # ssl.create_default_context: CERT_REQUIRED, host names checked, and OpenSSL's default
+            # paths (which read SSL_CERT_FILE / SSL_CERT_DIR) unless a bundle is given. Made by the
+            # ssl module, not by urllib3, so it is eventlet's green context even where urllib3 was
+            # imported before monkey_patch (urllib3 would build the original class, whose setters
+            # then recurse into the patched one).
+            context = ssl.create_default_context(cafile=self.ca_bundle)
+            self._pool = urllib3.PoolManager(ssl_context=context, retries=False, num_pools=8, maxsize=2,
+                                             block=False)
+        return self._pool
 
     def close(self) -> None:
-        self._pool.clear()
+        if self._pool is not None:
+            self._pool.clear()
 
     # -- the model -----------------------------------------------------------------------------
 
@@ -194,8 +208,8 @@ class RegistryClient:
             if time.monotonic() > deadline:
                 raise RegistryUnavailableError(f"registry {registry} did not answer within {self.deadline_s:g} s")
             try:
-                response = self._pool.request("GET", url, headers=sent, redirect=False, retries=False,
-                                              timeout=self.timeout, preload_content=False)
+                response = self._pool_manager().request("GET", url, headers=sent, redirect=False, retries=False,
+                                                         timeout=self.timeout, preload_content=False)
             except urllib3.exceptions.SSLError as exc:
                 raise RegistryUnavailableError(f"registry {registry}: TLS failed ({_reason(exc)}); "
                                                "is its certificate trusted (SSL_CERT_FILE)?") from None
