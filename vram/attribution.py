@@ -92,8 +92,11 @@ class Attributor:
         self._on_unknown = on_unknown
         self._lock = threading.Lock()
         self._runner_by_pid: dict[int, RunnerModel | None] = {}
+        self._runners: dict[int, RunnerModel] = {}   # the runners among them
+        self._last_pids: set[int] = set()
 
     def runner_of(self, pid: int) -> RunnerModel | None:
+        """What the process's command line says it serves (read once, then cached)."""
         with self._lock:
             if pid in self._runner_by_pid:
                 return self._runner_by_pid[pid]
@@ -103,11 +106,8 @@ class Attributor:
             self._runner_by_pid[pid] = found
         return found
 
-    def model_of(self, pid: int) -> str | None:
-        found = self.runner_of(pid)
-        if found is None:
-            return None
-        kind, value = found
+    def _model(self, runner: RunnerModel) -> str | None:
+        kind, value = runner
         if kind == "name":
             return value
         name = self._names_for(value)
@@ -115,22 +115,36 @@ class Attributor:
             self._on_unknown(value)
         return name
 
+    def model_of(self, pid: int) -> str | None:
+        """The model the process serves, or None."""
+        runner = self.runner_of(pid)
+        return self._model(runner) if runner is not None else None
+
     def forget_except(self, pids: Iterable[int]) -> None:
         """Drop cached command lines of PIDs no longer on a GPU (a PID may be reused later)."""
-        keep = set(pids)
+        keep = pids if isinstance(pids, (set, frozenset)) else set(pids)
         with self._lock:
-            for pid in [p for p in self._runner_by_pid if p not in keep]:
+            gone = [p for p in self._runner_by_pid if p not in keep]
+            for pid in gone:
                 del self._runner_by_pid[pid]
 
     def __call__(self, snapshot: VramSnapshot) -> VramSnapshot:
-        if not snapshot.processes:
-            self.forget_except(())
+        # Per tick this is one set of PIDs compared with the last one: /proc is read for new PIDs
+        # only, and only runners are looked up (a poll with hundreds of processes stays cheap).
+        pids = {p.pid for p in snapshot.processes}
+        if pids != self._last_pids:
+            self.forget_except(pids)
+            for pid in pids:
+                self.runner_of(pid)
+            with self._lock:
+                self._runners = {pid: r for pid, r in self._runner_by_pid.items() if r is not None}
+            self._last_pids = pids
+        runners = self._runners
+        if not runners:
             return snapshot
-        self.forget_except(p.pid for p in snapshot.processes)
-        models: dict[int, str | None] = {}
-        processes = []
-        for process in snapshot.processes:
-            if process.pid not in models:
-                models[process.pid] = self.model_of(process.pid)
-            processes.append(dataclasses.replace(process, model=models[process.pid]))
-        return dataclasses.replace(snapshot, processes=tuple(processes))
+        models = {pid: self._model(r) for pid, r in runners.items()}
+        processes = tuple(
+            process if models.get(process.pid, process.model) == process.model
+            else dataclasses.replace(process, model=models[process.pid])
+            for process in snapshot.processes)
+        return dataclasses.replace(snapshot, processes=processes)
