@@ -66,7 +66,10 @@ class FitAdvisor:
         if snapshot is None or not snapshot.available:
             raise NvmlUnavailableError(getattr(snapshot, "error", None)
                                        or "no VRAM reading yet: the first NVML poll has not finished")
-        gpus = tuple((g.index, g.free_mb * MIB) for g in snapshot.gpus if g.error is None and g.free_mb is not None)
+        # A model that is loaded already would be reloaded in its own place: its memory counts as free.
+        own = driver_vram_by_model(snapshot).get(name.canonical, {})
+        gpus = tuple((g.index, (g.free_mb + own.get(g.index, 0)) * MIB) for g in snapshot.gpus
+                     if g.error is None and g.free_mb is not None)
         tags = self._ollama.list_models()
         self._index.observe_tags(tags)
         local = next((m for m in tags if canonical_or_none(str(m.get("name") or m.get("model") or ""))

@@ -21,6 +21,7 @@ MAX_KEY_BYTES = 65_535         # the format's own limit on a key
 MAX_STRING_BYTES = 4 * 1024 * 1024  # a chat template is a few KiB; a tokenizer entry a few bytes
 MAX_ARRAY_ITEMS = 16 * 1024 * 1024  # a vocabulary is ~10^5 entries; merges ~3*10^5
 MAX_ARRAY_DEPTH = 2
+MAX_KEPT_ITEMS = 1 << 20        # a wanted array is built as a list: at most this many items
 
 # type id -> (struct format, size) for the fixed-size value types
 _FIXED = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4),
@@ -110,6 +111,8 @@ def read_metadata(data: bytes, *, wanted: Callable[[str], bool],
             if count > MAX_ARRAY_ITEMS:
                 raise GgufError(f"array {key!r} of {count} items exceeds the limit of {MAX_ARRAY_ITEMS}")
             meta.array_lengths[key] = count
+            if keep and count > MAX_KEPT_ITEMS:
+                raise GgufError(f"array {key!r} of {count} items is too long to read (limit {MAX_KEPT_ITEMS})")
             if not keep and enough is not None and enough(meta):
                 return meta  # its length was all that was needed: the items are never read
             value = _array(cur, item_type, count, keep, depth=1)

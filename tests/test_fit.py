@@ -190,10 +190,17 @@ def test_hostile_headers_are_refused_without_allocating(data, problem):
     assert time.perf_counter() - started < 0.5
 
 
+def test_a_wanted_array_too_long_to_keep_is_refused():
+    data = _kv_header(_key(b"k") + struct.pack("<IIQ", 9, 0, gguf.MAX_KEPT_ITEMS + 1) + bytes(gguf.MAX_KEPT_ITEMS + 1))
+    with pytest.raises(gguf.GgufError, match="too long"):
+        gguf.read_metadata(data, wanted=lambda k: True)
+    assert gguf.read_metadata(data, wanted=lambda k: False).array_lengths == {"k": gguf.MAX_KEPT_ITEMS + 1}
+
+
 def test_a_huge_fixed_size_array_is_truncated_not_allocated():
     data = _kv_header(_key(b"k") + struct.pack("<IIQ", 9, 12, 10_000_000))  # 80 MB of float64 claimed
     with pytest.raises(gguf.GgufTruncated) as caught:
-        gguf.read_metadata(data, wanted=lambda k: True)
+        gguf.read_metadata(data, wanted=lambda k: False)
     assert caught.value.needed_bytes > 80_000_000
 
 
@@ -497,6 +504,11 @@ def test_fit_names_what_to_unload(api, crowded):
     assert body["message"].startswith("needs ") and body["message"].endswith("— unload qwen2.5:7b?")
     huge = fit_of(api, model_name="llama3.1:8b", num_ctx=1_048_576).get_json()
     assert huge["fits"] is False and huge["unload_to_fit"] == [] and "would not be enough" in huge["message"]
+
+
+def test_a_loaded_model_counts_its_own_memory_as_free(api, crowded):
+    body = fit_of(api, model_name="qwen2.5:7b", num_ctx=2048).get_json()
+    assert body["fits"] is True and body["gpus"][0]["free_bytes"] == 7 * GIB
 
 
 def test_load_require_fit_is_a_409_with_the_fit(api, fake_ollama, crowded):
