@@ -50,6 +50,16 @@ def blob_path(digest: str) -> str:
     return "/usr/share/ollama/.ollama/models/blobs/" + digest.replace(":", "-")
 
 
+@pytest.mark.parametrize("module", ["ollama_client.fit", "ollama_client.gguf", "ollama_client.model_index",
+                                    "vram.attribution"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.failed == 0 and result.attempted > 0
+
+
 # -- the formula, by hand -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("info, num_ctx, kv", [

@@ -79,15 +79,15 @@ def read_cmdline(pid: int, proc_root: str = "/proc") -> list[str] | None:
 class Attributor:
     """Map a snapshot to one whose processes carry `model`: call it with the snapshot.
 
-    `names_for(blob_digest)` answers from an in-memory index (never Ollama); `on_unknown`, if
+    `name_for(blob_digest)` answers from an in-memory index (never Ollama); `on_unknown`, if
     given, is told about a runner whose blob the index does not know yet (so it can refresh in
     the background). `read_argv` is injectable for tests.
     """
 
-    def __init__(self, names_for: Callable[[str], str | None],
+    def __init__(self, name_for: Callable[[str], str | None],
                  read_argv: Callable[[int], Sequence[str] | None] = read_cmdline,
                  on_unknown: Callable[[str], None] | None = None):
-        self._names_for = names_for
+        self._name_for = name_for
         self._read_argv = read_argv
         self._on_unknown = on_unknown
         self._lock = threading.Lock()
@@ -110,7 +110,7 @@ class Attributor:
         kind, value = runner
         if kind == "name":
             return value
-        name = self._names_for(value)
+        name = self._name_for(value)
         if name is None and self._on_unknown is not None:
             self._on_unknown(value)
         return name
