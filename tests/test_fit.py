@@ -696,3 +696,18 @@ def test_registry_client_refuses_registries_not_allowed():
 
     with pytest.raises(BadRequestError, match="not allowed"):
         RegistryClient(["hf.co"]).model(parse_model_name("llama3.2"))
+
+
+def test_registry_client_takes_an_injected_ca_bundle_and_keeps_namespace_and_port(fake_registry, monkeypatch):
+    from ollama_client.registry import RegistryClient
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    manifest = fake_registry.add_model("acme", "tiny", "v2", tiny_gguf(tokens=10))
+    client = RegistryClient([fake_registry.host], ca_bundle=str(fake_registry.cert))
+    try:
+        model = client.model(parse_model_name(f"{fake_registry.host}/acme/tiny:v2", [fake_registry.host]))
+    finally:
+        client.close()
+    assert model.weights_bytes == sum(layer["size"] for layer in manifest["layers"])
+    assert model.model_info["qwen2.block_count"] == 28 and model.model_info["qwen2.vocab_size"] == 10
+    assert fake_registry.requests()[-2]["path"] == "/v2/acme/tiny/manifests/v2"
