@@ -30,6 +30,10 @@ from config import Config, ConfigError, ensure_data_dir, load_config
 from ollama_client.client import OllamaClient
 from ollama_client.downloads import DownloadManager
 from services import Services
+from ollama_client.fit_service import FitAdvisor
+from ollama_client.model_index import ModelIndex
+from ollama_client.registry import RegistryClient
+from vram.attribution import Attributor
 from vram.nvml import NvmlReader
 from vram.poller import VramPoller
 
@@ -64,11 +68,15 @@ def create_app(config: Config | None = None, *, nvml_reader: NvmlReader | None =
     reader = nvml_reader or NvmlReader()
     sessions = session_store or InMemorySessionStore(config.session_expiry_s)
     ollama = OllamaClient(config.ollama_host)
+    model_index = ModelIndex(ollama)  # blob digest -> model name, for attributing runner processes
+    registry = RegistryClient(config.ollama_allowed_registries)
     hub = sockets.SocketHub(sockets.create_socketio(app, config.cors_allowed_origins), sessions)
+    poller = VramPoller(reader, config.vram_poll_interval_s, publish=hub.publish_vram,
+                        annotate=Attributor(model_index.name_for_blob, on_unknown=model_index.request_refresh))
     services = Services(
-        config=config, nvml=reader, sessions=sessions, hub=hub, ollama=ollama,
-        poller=VramPoller(reader, config.vram_poll_interval_s, publish=hub.publish_vram),
-        downloads=DownloadManager(ollama, hub.broadcast))
+        config=config, nvml=reader, sessions=sessions, hub=hub, ollama=ollama, poller=poller,
+        downloads=DownloadManager(ollama, hub.broadcast), model_index=model_index, registry=registry,
+        fit=FitAdvisor(ollama, model_index, registry, poller.latest_snapshot))
     services.attach(app)
     for package in PACKAGES:
         package.init_app(app, services)

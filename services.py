@@ -12,6 +12,9 @@ from auth.sessions import SessionStore
 from config import Config
 from ollama_client.client import OllamaClient
 from ollama_client.downloads import DownloadManager
+from ollama_client.fit_service import FitAdvisor
+from ollama_client.model_index import ModelIndex
+from ollama_client.registry import RegistryClient
 from sockets.hub import SocketHub
 from vram.nvml import NvmlReader
 from vram.poller import VramPoller
@@ -31,6 +34,9 @@ class Services:
     hub: SocketHub
     ollama: OllamaClient
     downloads: DownloadManager
+    model_index: ModelIndex   # blob digest -> model name
+    registry: RegistryClient  # manifests and GGUF headers of models not downloaded
+    fit: FitAdvisor
     _tasks: list[Any] = field(default_factory=list, repr=False)
     _stopping: bool = field(default=False, repr=False)
 
@@ -68,6 +74,7 @@ class Services:
             if kill is not None:
                 kill()
         self._tasks = []
+        self.registry.close()
         self.ollama.close()
         return self.nvml.shutdown()
 

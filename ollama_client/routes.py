@@ -11,6 +11,8 @@ from flask import Blueprint, request
 import concurrency
 from errors import ApiError, BadRequestError, ConflictError, NotFoundError, OllamaError
 from jsonbody import parsed_json_or_none, read_json_object, require_string
+from ollama_client.fit import parse_num_ctx
+from ollama_client.fit_service import driver_vram_by_model, loaded_vram_fields
 from ollama_client.formatting import human_bytes, processor, short_id
 from ollama_client.keep_alive import parse_keep_alive
 from ollama_client.names import MAX_NAME, ModelName, canonical_or_none, parse_model_name
@@ -105,7 +107,10 @@ def _call_while_client_waits(fn: Callable[[], T]) -> T:
 @bp.get("/list")
 def list_models():
     """Downloaded models, as `ollama list` shows them."""
-    models = [_downloaded(m) for m in _services().ollama.list_models()]
+    services = _services()
+    raw = services.ollama.list_models()
+    services.model_index.observe_tags(raw)  # refreshes blob -> name in the background if changed
+    models = [_downloaded(m) for m in raw]
     return {"models": models, "count": len(models)}
 
 
@@ -120,8 +125,14 @@ def _downloaded(model: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("/loaded")
 def loaded_models():
-    """Models in memory, as `ollama ps` shows them."""
-    models = [_loaded(m) for m in _services().ollama.list_loaded()]
+    """Models in memory, as `ollama ps` shows them, with the driver's per-GPU figures."""
+    services = _services()
+    raw = services.ollama.list_loaded()
+    services.model_index.observe_loaded(raw)
+    polled = services.poller.latest
+    measured = driver_vram_by_model(polled.snapshot if polled is not None else None)
+    models = [{**_loaded(m), **loaded_vram_fields(str(m.get("name") or m.get("model") or ""), measured)}
+              for m in raw]
     return {"models": models, "count": len(models)}
 
 
@@ -145,9 +156,37 @@ def load_model():
     body, name = _read_model_name()
     services = _services()
     keep_alive = _keep_alive(body, services.config.ollama_load_keep_alive)
+    require_fit, make_room = _flag(body, "require_fit"), _flag(body, "make_room")
+    unloaded: list[str] = []
+    if require_fit or make_room:
+        estimate = services.fit.estimate(name, local_only=True)
+        if not estimate.fits:
+            if not (make_room and estimate.unload_to_fit):
+                raise ConflictError(f"{name} does not fit: {estimate.message()}", extra={"fit": estimate.to_dict()})
+            unloaded = services.fit.unload_for_room(estimate.unload_to_fit)
     with _ollama_404_means(f"model {name} is not downloaded; download it first"):
         _call_while_client_waits(lambda: services.ollama.load(str(name), keep_alive))
+    if unloaded:
+        return _ok(f"Model {name} loaded (unloaded {', '.join(unloaded)} to make room)", name)
     return _ok(f"Model {name} loaded", name)
+
+
+def _flag(body: dict[str, Any], field: str) -> bool:
+    value = body.get(field, False)
+    if not isinstance(value, bool):
+        raise BadRequestError(f"field {field} must be true or false")
+    return value
+
+
+@bp.post("/fit")
+def fit_model():
+    """Estimate whether a model (downloaded or not) fits in free VRAM, and what to unload if not."""
+    body, name = _read_model_name()
+    try:
+        num_ctx = parse_num_ctx(body.get("num_ctx"))
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from None
+    return _services().fit.estimate(name, num_ctx).to_dict()
 
 
 def _keep_alive(body: dict[str, Any], default: str | int) -> str | int | float:

@@ -53,9 +53,11 @@ def test_loaded_computes_processor_as_ollama_ps(api, fake_ollama):
                             {"name": "small", "size_vram": 0}])
     assert api("get", "loaded").get_json() == {"count": 2, "models": [
         {"name": "big:70b", "id": "abababababab", "size": "10 KB", "processor": "48%/52% CPU/GPU",
-         "size_bytes": 10_000, "size_vram_bytes": 5_200, "expires_at": "2025-01-01T10:00:00+01:00"},
+         "size_bytes": 10_000, "size_vram_bytes": 5_200, "expires_at": "2025-01-01T10:00:00+01:00",
+         "gpus": [], "vram_source": "ollama"},
         {"name": "small:latest", "id": "cdcdcdcdcdcd", "size": "274 MB", "processor": "100% CPU",
-         "size_bytes": 274_302_450, "size_vram_bytes": 0, "expires_at": "2318-08-26T02:02:25.402233227+02:00"},
+         "size_bytes": 274_302_450, "size_vram_bytes": 0, "expires_at": "2318-08-26T02:02:25.402233227+02:00",
+         "gpus": [], "vram_source": "ollama"},
     ]}
 
 

@@ -23,7 +23,7 @@ def test_tick_keeps_latest_and_serialises_once():
     assert json.loads(polled.json_bytes) == polled.body
     assert polled.body["gpu"] == polled.body["gpus"][0]
     assert polled.body["processes"] == [{"pid": 4242, "name": "/usr/local/bin/ollama", "used_mb": 5120,
-                                         "gpu_index": 0}]
+                                         "gpu_index": 0, "model": None}]
 
 
 def test_history_ring_holds_an_hour_and_returns_oldest_first():

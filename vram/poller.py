@@ -39,8 +39,10 @@ class VramPoller:
     """Poll NVML every `interval_s` in a real thread, keep the latest reading, and publish it."""
 
     def __init__(self, reader: SnapshotReader, interval_s: float,
-                 publish: Callable[[dict[str, Any]], None] | None = None):
+                 publish: Callable[[dict[str, Any]], None] | None = None,
+                 annotate: Callable[[VramSnapshot], VramSnapshot] | None = None):
         self._reader = reader
+        self._annotate = annotate  # e.g. vram.attribution.Attributor: adds `model` to processes
         self.interval_s = interval_s
         self._publish = publish
         self._lock = threading.Lock()
@@ -55,6 +57,11 @@ class VramPoller:
         with self._lock:
             return self._latest
 
+    def latest_snapshot(self) -> VramSnapshot | None:
+        """Return the latest reading itself (None before the first)."""
+        latest = self.latest
+        return None if latest is None else latest.snapshot
+
     def wait_latest(self, timeout_s: float = FIRST_READING_WAIT_S) -> PolledSnapshot | None:
         """Return the latest reading; before the first one, wait up to `timeout_s` for it."""
         latest = self.latest
@@ -66,6 +73,8 @@ class VramPoller:
     def tick(self) -> PolledSnapshot:
         """Read NVML once (in an OS thread), store the result, and publish it."""
         snapshot = concurrency.run_in_thread(self._reader.read_snapshot)
+        if self._annotate is not None and snapshot.available:
+            snapshot = self._annotate(snapshot)
         body = snapshot.to_dict()
         polled = PolledSnapshot(snapshot, body, json.dumps(body, separators=(",", ":")).encode())
         sample = (snapshot.timestamp, tuple(

@@ -35,15 +35,20 @@ class GpuSnapshot:
 
 @dataclass(frozen=True)
 class ProcessSnapshot:
-    """A process using a GPU; used_mb is None where the driver does not say."""
+    """A process using a GPU; used_mb is None where the driver does not say.
+
+    `model` is the Ollama model it serves (vram/attribution.py), None when not one or unknown.
+    """
 
     pid: int
     name: str | None
     used_mb: int | None
     gpu_index: int
+    model: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pid": self.pid, "name": self.name, "used_mb": self.used_mb, "gpu_index": self.gpu_index}
+        return {"pid": self.pid, "name": self.name, "used_mb": self.used_mb, "gpu_index": self.gpu_index,
+                "model": self.model}
 
 
 @dataclass(frozen=True)

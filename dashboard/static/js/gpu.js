@@ -1,9 +1,31 @@
-// The live GPU panel: one card per GPU, the process table, NVML / lost-GPU states.
+// The live GPU panel: one card per GPU (VRAM stacked by model), the process table, NVML / lost-GPU states.
 import {$, announce, fillTable, h, setText} from './dom.js';
 import {formatMiB, formatPercent, formatPower, formatTemperature, percentOf} from './format.js';
 
 const WARN_PERCENT = 75;
 const CRIT_PERCENT = 90;
+const MODEL_COLOURS = 6;  // .seg-0 … .seg-5 in app.css
+
+/** A stable colour slot for a model name, so a model keeps its colour across GPUs and updates. */
+function colourOf(name) {
+  let hash = 0;
+  for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+  return hash % MODEL_COLOURS;
+}
+
+/** GPU index -> [[model, used MiB], …] (largest first), from the processes the driver measured. */
+export function vramByModel(processes) {
+  const byGpu = new Map();
+  for (const proc of processes) {
+    if (!proc.model || proc.used_mb === null || proc.used_mb === undefined) continue;
+    const models = byGpu.get(proc.gpu_index) ?? new Map();
+    models.set(proc.model, (models.get(proc.model) ?? 0) + proc.used_mb);
+    byGpu.set(proc.gpu_index, models);
+  }
+  const out = new Map();
+  for (const [index, models] of byGpu) out.set(index, [...models].sort((a, b) => b[1] - a[1]));
+  return out;
+}
 
 export class GpuPanel {
   constructor() {
@@ -24,7 +46,7 @@ export class GpuPanel {
     setText(this.driver, '');
     this.list.replaceChildren(h('p', {class: 'muted'}, 'Waiting for the first reading…'));
     this.list.setAttribute('aria-busy', 'true');
-    fillTable(this.processRows, [], 4, 'Waiting for the first reading…');
+    fillTable(this.processRows, [], 5, 'Waiting for the first reading…');
   }
 
   /** Show a /api/vram/status body (or the `vram_update` payload, which is the same). */
@@ -38,7 +60,7 @@ export class GpuPanel {
     this.nvmlDown = false;
     this.nvmlError.hidden = true;
     setText(this.driver, status.driver_version ? `Driver ${status.driver_version}` : '');
-    this.renderCards(status.gpus || []);
+    this.renderCards(status.gpus || [], vramByModel(status.processes || []));
     this.renderProcesses(status.processes || []);
   }
 
@@ -51,10 +73,10 @@ export class GpuPanel {
     this.nvmlError.hidden = false;
     setText(this.driver, '');
     this.list.replaceChildren(h('p', {class: 'muted'}, 'No GPU figures while NVML is unavailable.'));
-    fillTable(this.processRows, [], 4, 'Unavailable: NVML cannot be read.');
+    fillTable(this.processRows, [], 5, 'Unavailable: NVML cannot be read.');
   }
 
-  renderCards(gpus) {
+  renderCards(gpus, models = new Map()) {
     const seen = new Set();
     if (!gpus.length) {
       this.cards.clear();
@@ -70,7 +92,7 @@ export class GpuPanel {
         this.cards.set(gpu.index, card);
         this.insertInOrder(card.root, gpu.index);
       }
-      fillCard(card, gpu);
+      fillCard(card, gpu, models.get(gpu.index) || []);
       const wasLost = this.lost.has(gpu.index);
       if (gpu.error && !wasLost) {
         this.lost.add(gpu.index);
@@ -102,10 +124,12 @@ export class GpuPanel {
       .map((proc) => h('tr', {dataset: {pid: String(proc.pid)}},
         h('td', {class: 'num'}, String(proc.pid)),
         h('td', {class: 'proc-name', title: proc.name || ''}, proc.name || 'unknown'),
+        h('td', {class: 'proc-model'}, proc.model
+          ? h('span', {class: `model-chip seg-${colourOf(proc.model)}`}, proc.model) : '—'),
         h('td', {class: 'num'}, proc.used_mb === null || proc.used_mb === undefined
           ? 'n/a' : formatMiB(proc.used_mb).replace(' MiB', '')),
         h('td', {class: 'num'}, String(proc.gpu_index))));
-    fillTable(this.processRows, rows, 4, 'No processes are using the GPUs.');
+    fillTable(this.processRows, rows, 5, 'No processes are using the GPUs.');
   }
 }
 
@@ -113,7 +137,9 @@ function buildCard(index) {
   const fields = {
     name: h('span', {class: 'gpu-name'}),
     vramText: h('span', {class: 'vram-text'}),
-    fill: h('span', {class: 'bar-fill'}),
+    segments: h('span', {class: 'bar-segments'}),
+    fill: h('span', {class: 'bar-fill', title: 'other'}),
+    legend: h('ul', {class: 'vram-legend', 'aria-label': `GPU ${index} VRAM by model`}),
     util: h('dd', {class: 'gpu-util'}),
     memUtil: h('dd', {class: 'gpu-mem-util'}),
     temp: h('dd', {class: 'gpu-temp'}),
@@ -123,10 +149,11 @@ function buildCard(index) {
   fields.bar = h('div', {
     class: 'bar', role: 'meter', 'aria-valuemin': '0',
     'aria-label': `GPU ${index} VRAM used`,
-  }, fields.fill);
+  }, fields.segments, fields.fill);
   fields.readings = h('div', {class: 'gpu-readings'},
     h('div', {class: 'vram-row'}, h('span', {class: 'label'}, 'VRAM'), fields.vramText),
     fields.bar,
+    fields.legend,
     h('dl', {class: 'stats'},
       h('div', {}, h('dt', {title: 'GPU utilization'}, 'GPU util.'), fields.util),
       h('div', {}, h('dt', {title: 'Memory controller utilization'}, 'Mem. util.'), fields.memUtil),
@@ -139,7 +166,7 @@ function buildCard(index) {
   return {root, fields};
 }
 
-function fillCard({root, fields}, gpu) {
+function fillCard({root, fields}, gpu, models) {
   setText(fields.name, gpu.name || '');
   root.classList.toggle('lost', Boolean(gpu.error));
   fields.error.hidden = !gpu.error;
@@ -154,8 +181,25 @@ function fillCard({root, fields}, gpu) {
   setText(fields.vramText, known
     ? `${formatMiB(gpu.used_mb).replace(' MiB', '')} / ${formatMiB(gpu.total_mb)} (${formatPercent(percent)})`
     : 'n/a');
-  // CSSOM width (allowed by the page's style-src 'self'; a style attribute would not be).
-  fields.fill.style.width = known ? `${Math.min(100, Math.max(0, percent)).toFixed(2)}%` : '0%';
+  // Stacked: one segment per model the driver measured, then "other" (everything else used).
+  // CSSOM widths (allowed by the page's style-src 'self'; a style attribute would not be).
+  const modelMiB = models.reduce((sum, [, mib]) => sum + mib, 0);
+  const widthOf = (mib) => `${Math.min(100, Math.max(0, percentOf(mib, gpu.total_mb) ?? 0)).toFixed(2)}%`;
+  fields.segments.replaceChildren(...(known ? models : []).map(([name, mib]) => {
+    const seg = h('span', {class: `bar-seg seg-${colourOf(name)}`, title: `${name}: ${formatMiB(mib)}`});
+    seg.style.width = widthOf(mib);
+    return seg;
+  }));
+  const otherMiB = known ? Math.max(0, gpu.used_mb - modelMiB) : 0;
+  fields.fill.style.width = known ? widthOf(models.length ? otherMiB : gpu.used_mb) : '0%';
+  fields.legend.hidden = !known || !models.length;
+  fields.legend.replaceChildren(...(known && models.length ? [
+    ...models.map(([name, mib]) => h('li', {},
+      h('span', {class: `swatch seg-${colourOf(name)}`, 'aria-hidden': 'true'}), `${name} `,
+      h('span', {class: 'muted'}, formatMiB(mib)))),
+    h('li', {}, h('span', {class: 'swatch other', 'aria-hidden': 'true'}), 'other ',
+      h('span', {class: 'muted'}, formatMiB(otherMiB))),
+  ] : []));
   fields.bar.classList.toggle('unknown', !known);
   fields.bar.classList.toggle('warn', known && percent >= WARN_PERCENT && percent < CRIT_PERCENT);
   fields.bar.classList.toggle('crit', known && percent >= CRIT_PERCENT);

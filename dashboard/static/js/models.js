@@ -1,7 +1,8 @@
-// Ollama models: available and loaded lists, load/unload/delete, downloads with live progress.
+// Ollama models: available and loaded lists, load/unload/delete (a fit estimate before each load),
+// downloads with live progress.
 import {ApiError, get, post} from './api.js';
 import {$, announce, fillTable, h, setText} from './dom.js';
-import {formatBytes, formatDateTime, formatRelative, formatUntil} from './format.js';
+import {formatBytes, formatDateTime, formatMiB, formatRelative, formatUntil} from './format.js';
 
 const REFRESH_MS = 10_000;
 const BASE = '/api/models/ollama';
@@ -29,6 +30,8 @@ export class ModelsPanel {
     this.downloadError = $('download-error');
     this.submit = $('download-submit');
     this.jobList = $('download-jobs');
+    this.fitPrompt = $('fit-prompt');
+    this.downloadFit = $('download-fit');
     this.dialog = $('confirm-dialog');
     this.jobs = new Map();     // model name -> {job, view}
     this.busy = new Set();     // "action:model" pairs in flight, so buttons stay disabled
@@ -44,6 +47,7 @@ export class ModelsPanel {
       this.startDownload();
     });
     $('models-refresh').addEventListener('click', () => this.refresh({announceDone: true}));
+    $('download-check').addEventListener('click', () => this.checkDownloadFit());
   }
 
   start() {
@@ -64,7 +68,9 @@ export class ModelsPanel {
     this.loaded = [];
     fillTable(this.availableRows, [], 4, 'Loading…');
     fillTable(this.loadedRows, [], 5, 'Loading…');
-    for (const el of [this.availableStatus, this.loadedStatus, this.downloadError, this.availableCount, this.loadedCount]) {
+    this.fitPrompt.replaceChildren();
+    for (const el of [this.availableStatus, this.loadedStatus, this.downloadError, this.availableCount, this.loadedCount,
+      this.downloadFit]) {
       setText(el, '');
     }
     this.nameInput.value = '';
@@ -176,7 +182,7 @@ export class ModelsPanel {
       h('th', {scope: 'row'}, h('span', {class: 'model-name'}, model.name)),
       h('td', {class: 'num', title: model.size_vram_bytes !== undefined ? `${formatBytes(model.size_vram_bytes)} in VRAM` : null},
         model.size || formatBytes(model.size_bytes)),
-      h('td', {}, model.processor || '—'),
+      h('td', {}, model.processor || '—', h('span', {class: 'model-vram'}, vramText(model))),
       h('td', {title: formatDateTime(model.expires_at)}, formatUntil(model.expires_at)),
       h('td', {class: 'actions'}, this.actionButton('unload', model.name, 'Unload', 'secondary'))));
     this.replaceRowsKeepingFocus(this.loadedRows, rows, 5, 'No model is loaded.');
@@ -205,7 +211,7 @@ export class ModelsPanel {
 
   // --- model operations ----------------------------------------------------------------------
 
-  async runAction(action, name) {
+  async runAction(action, name, extra = {}) {
     if (action === 'delete' && !(await this.confirmDelete(name))) return;
     const statusLine = action === 'unload' ? this.loadedStatus : this.availableStatus;
     const verb = {load: 'Loading', unload: 'Unloading', delete: 'Deleting'}[action];
@@ -216,7 +222,19 @@ export class ModelsPanel {
     statusLine.classList.remove('error');
     setText(statusLine, `${verb} ${name}…`);
     try {
-      const result = await post(`${BASE}/${action}`, {model_name: name});
+      if (action === 'load' && !extra.checked) {
+        // The estimate first: load at once when it fits (or cannot be estimated), else ask.
+        const fit = await this.estimate(name, statusLine);
+        if (fit && !fit.fits) {
+          this.offerRoom(name, fit, statusLine);
+          return;
+        }
+        setText(statusLine, `${fit ? `${fit.message}: ` : ''}${verb} ${name}…`);
+      }
+      this.fitPrompt.replaceChildren();
+      const body = {model_name: name};
+      if (extra.makeRoom) body.make_room = true;
+      const result = await post(`${BASE}/${action}`, body);
       this.noteReachable();
       setText(statusLine, result.message || `${verb} ${name}: done`);
     } catch (error) {
@@ -227,6 +245,58 @@ export class ModelsPanel {
     } finally {
       this.busy.delete(key);
       await this.refresh();
+    }
+  }
+
+  /** POST /fit; null (with the reason on the status line) when it cannot be estimated. */
+  async estimate(name, statusLine) {
+    setText(statusLine, `Checking whether ${name} fits…`);
+    try {
+      return await post(`${BASE}/fit`, {model_name: name});
+    } catch (error) {
+      if (error.status === 401) throw error;
+      setText(statusLine, `Could not estimate ${name} (${error.message}); loading anyway…`);
+      return null;
+    }
+  }
+
+  /** It does not fit: say by how much, and offer "make room and load" (one click) or loading anyway. */
+  offerRoom(name, fit, statusLine) {
+    setText(statusLine, '');
+    const buttons = [];
+    if (fit.unload_to_fit.length) {
+      buttons.push(h('button', {type: 'button', class: 'button small primary', dataset: {action: 'make-room', model: name},
+        onclick: () => this.runAction('load', name, {checked: true, makeRoom: true})}, 'Make room and load'));
+    }
+    buttons.push(h('button', {type: 'button', class: 'button small secondary',
+      title: 'Ollama then keeps part of the model in system memory (slower)',
+      onclick: () => this.runAction('load', name, {checked: true})}, 'Load anyway'));
+    buttons.push(h('button', {type: 'button', class: 'button small secondary',
+      onclick: () => this.fitPrompt.replaceChildren()}, 'Cancel'));
+    this.fitPrompt.className = 'fit-line tight';
+    this.fitPrompt.replaceChildren(`${name}: ${fit.message} (needs ${formatBytes(fit.required_bytes)})`, ...buttons);
+    announce(`${name}: ${fit.message}`);
+    buttons[0].focus();
+  }
+
+  /** The download box's "Will it fit?": the estimate for a name (from its registry when not downloaded). */
+  async checkDownloadFit(name = this.nameInput.value.trim()) {
+    if (!name) {
+      this.fieldError('Enter a model name, e.g. llama3.2:1b.');
+      return;
+    }
+    this.downloadFit.className = 'fit-line muted';
+    setText(this.downloadFit, `Checking whether ${name} fits…`);
+    try {
+      const fit = await post(`${BASE}/fit`, {model_name: name});
+      this.downloadFit.className = `fit-line ${fit.fits ? 'fits' : 'tight'}`;
+      setText(this.downloadFit, `${fit.model_name}: ${fit.message} — needs ${formatBytes(fit.required_bytes)} `
+        + `(weights ${formatBytes(fit.weights_bytes)}, context ${fit.num_ctx}: ${formatBytes(fit.kv_cache_bytes)}, `
+        + `overhead ${formatBytes(fit.overhead_bytes)})`);
+    } catch (error) {
+      if (error.status === 401) return;
+      this.downloadFit.className = 'fit-line muted';
+      setText(this.downloadFit, `Fit estimate for ${name}: ${error.message}`);
     }
   }
 
@@ -269,6 +339,7 @@ export class ModelsPanel {
     }
     this.submit.disabled = true;
     const submittedAt = performance.now();
+    this.checkDownloadFit(name);  // the estimate, beside the download (it does not hold it up)
     try {
       const result = await post(`${BASE}/download`, {model_name: name});
       this.noteReachable();
@@ -424,6 +495,14 @@ export class ModelsPanel {
     setText(view.note, note);
     view.note.hidden = !note;
   }
+}
+
+/** A loaded model's VRAM: the driver's figure per GPU, else Ollama's own size_vram. */
+export function vramText(model) {
+  if (model.vram_source === 'driver' && model.gpus && model.gpus.length) {
+    return model.gpus.map((gpu) => `GPU ${gpu.index}: ${formatMiB(gpu.used_mb)}`).join(' · ') + ' (driver)';
+  }
+  return model.size_vram_bytes ? `${formatBytes(model.size_vram_bytes)} in VRAM (Ollama)` : '';
 }
 
 /** One labelled detail of a model ("Family: llama" to a screen reader, "llama" on screen). */

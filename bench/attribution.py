@@ -1,0 +1,76 @@
+"""Poller tick CPU with and without attribution: `.venv/bin/python -m bench.attribution`.
+
+8 GPUs x 50 processes on the fake NVML (the REST benchmark's machine), 8 of them real processes
+whose command lines read like Ollama runners. Alternates blocks of ticks with and without the
+Attributor (so drift on a shared machine hits both), and prints CPU per tick (process time,
+tpool threads included) as median (min-max) of the blocks, and the ratio.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import eventlet
+
+eventlet.monkey_patch()
+
+from tests.fakes.fake_nvml import FakeNvml, build_fake_nvml, eight_gpus_fifty_processes, install_in_process  # noqa: E402
+from vram.attribution import Attributor  # noqa: E402
+from vram.nvml import NvmlReader  # noqa: E402
+from vram.poller import VramPoller  # noqa: E402
+
+BLOCKS, TICKS = 7, 200
+
+
+def main() -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-attribution-"))
+    lib_path = build_fake_nvml(tmp)
+    lib = install_in_process(lib_path)
+    fake = FakeNvml(tmp / "scenario.txt", lib=lib, lib_path=lib_path)
+    lib.fake_nvml_set_scenario_path(str(fake.scenario_path).encode())
+    (tmp / "runner").write_text("import time\ntime.sleep(600)\n")
+    runners, names = [], {}
+    for gpu in range(8):
+        digest = f"sha256:{gpu:064x}"
+        names[digest] = f"model{gpu}:latest"
+        runners.append(subprocess.Popen(
+            ["/usr/local/bin/ollama", "runner", "--model", f"/m/blobs/{digest.replace(':', '-')}"],
+            executable=sys.executable, cwd=tmp, stdin=subprocess.DEVNULL))
+    time.sleep(0.5)
+    scenario = eight_gpus_fifty_processes()
+    procs = list(scenario.processes)
+    for gpu, proc in enumerate(runners):
+        procs[gpu * 50] = dataclasses.replace(procs[gpu * 50], pid=proc.pid)
+    fake.apply(dataclasses.replace(scenario, processes=tuple(procs)))
+    reader = NvmlReader()
+    plain = VramPoller(reader, 2.0)
+    attributed = VramPoller(reader, 2.0, annotate=Attributor(names.get))
+    try:
+        assert sum(p["model"] is not None for p in attributed.tick().body["processes"]) == 8
+        results: dict[str, list[float]] = {"without": [], "with": []}
+        for _ in range(BLOCKS):
+            for label, poller in (("without", plain), ("with", attributed)):
+                started = time.process_time()
+                for _ in range(TICKS):
+                    poller.tick()
+                results[label].append((time.process_time() - started) / TICKS * 1e6)
+    finally:
+        reader.shutdown()
+        for proc in runners:
+            proc.kill()
+            proc.wait()
+    for label, values in results.items():
+        print(f"{label:>8} attribution: {statistics.median(values):7.0f} us CPU a tick "
+              f"({min(values):.0f}-{max(values):.0f})")
+    ratios = [w / wo for w, wo in zip(results["with"], results["without"])]
+    print(f"   ratio: {statistics.median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f}), target <= 1.10x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
