@@ -66,7 +66,7 @@ def test_login_rejects_a_wrong_password_then_shows_both_gpus(page, server):
 
     rows = page.locator("#process-rows tr")
     expect(rows).to_have_count(3)
-    expect(rows.nth(0)).to_have_text("4242/usr/local/bin/ollama5,1200")
+    expect(rows.nth(0)).to_have_text("4242/usr/local/bin/ollama—5,1200")  # no model: not a runner
     expect(page.locator('#process-rows tr[data-pid="5151"]')).to_contain_text("python3")
 
 
