@@ -25,6 +25,7 @@ import dashboard
 import health
 import ollama_client
 import ollama_client.proxy
+import openapi_doc
 import vram.routes
 from auth.sessions import InMemorySessionStore
 from config import Config, ConfigError, load_config
@@ -82,6 +83,7 @@ def create_app(config: Config | None = None, *, nvml_reader=None, session_store=
     ollama_client.init_app(app, services)
     ollama_client.proxy.init_app(app, services)
     dashboard.init_app(app, services)
+    openapi_doc.init_app(app, services)
     auth.init_limiter(app)
     return app
 

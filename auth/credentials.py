@@ -8,7 +8,8 @@ from flask import Flask, current_app, g, request
 from auth.sessions import Session
 from errors import UnauthorizedError
 
-PUBLIC_API_PATHS = frozenset({"/api/auth/login"})
+# The login, and the OpenAPI document (it describes routes, not data).
+PUBLIC_API_PATHS = frozenset({"/api/auth/login", "/api/openapi.json"})
 
 
 def bearer_token(header: str | None) -> str | None:
