@@ -19,8 +19,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
 # Ollama's duration syntax for keep_alive: a (possibly negative) number of seconds, or a Go
 # duration such as "5m", "1h30m", "-1s".
-_GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
-_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+# ASCII digits only: \d would pass "٥m" on to Ollama, which cannot parse it.
+_GO_DURATION = re.compile(r"^-?([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
+_NUMBER = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 
 
 class ConfigError(Exception):

@@ -15,10 +15,12 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 from flask import Blueprint, Flask, Response, current_app, send_from_directory
+
+from ollama_client.names import DEFAULT_REGISTRIES, name_pattern
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -43,10 +45,13 @@ def fragment_paths(root: Path = ROOT) -> list[Path]:
     return packages + modules
 
 
-def build_document(version: str, root: Path = ROOT) -> dict[str, Any]:
+def build_document(version: str, registries: Iterable[str] = DEFAULT_REGISTRIES,
+                   root: Path = ROOT) -> dict[str, Any]:
     """Merge base.yaml and every fragment into one OpenAPI document."""
     document = _load(BASE)
     document["info"]["version"] = version
+    # The grammar comes from the validator itself, so the document cannot drift from it.
+    document["components"]["schemas"]["ModelName"]["pattern"] = name_pattern(registries)
     document.setdefault("paths", {})
     for path in fragment_paths(root):
         merge_fragment(document, _load(path), source=str(path.relative_to(root)))
@@ -97,7 +102,7 @@ def init_app(app: Flask, services) -> None:
     """Build the document once and register its routes."""
     from health import VERSION
 
-    document = build_document(VERSION)
+    document = build_document(VERSION, services.config.ollama_allowed_registries)
     app.extensions["openapi"] = document
     app.extensions["openapi_json"] = json.dumps(document, separators=(",", ":")).encode()
     app.register_blueprint(bp)

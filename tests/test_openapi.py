@@ -150,3 +150,36 @@ def test_docs_page_is_html_within_the_csp_and_names_only_served_files(client):
     assert "<style" not in html and not re.search(r"\sstyle=", html)
     for path in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
         assert client.get(path).status_code == 200, path
+
+
+@pytest.mark.parametrize("name", [
+    "llama3.2", "llama3.2:latest", "library/llama3:8b", "registry.ollama.ai/library/llama3:8b",
+    "HF.CO/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M", "_a", "a" * 80, "a" * 81, "a:" + "b" * 81,
+    "a..b", "a/b/c", "evil.com/x/y", "a b", "a\n", "a;b", "-a", ".a", "a/", "/a", "a//b", "a:b:c",
+    "a/b/c/d", "ns-1/m_2.x:t-3", "ns.x/m", "é", "a@sha256:00", "", ":tag", "a:", "hf.co/a/b/c"])
+def test_model_name_pattern_in_the_document_agrees_with_the_validator(document, name):
+    from ollama_client.names import InvalidModelName, parse_model_name
+
+    pattern = document["components"]["schemas"]["ModelName"]["pattern"]
+    try:
+        parse_model_name(name)
+        valid = True
+    except InvalidModelName:
+        valid = False
+    assert bool(re.search(pattern, name)) is valid
+
+
+@pytest.mark.parametrize("raw", ["-1", "0", "300", "1.5", "5m", "1h30m", "-1s", " 5m\n", "٥m", "５",
+                                 "5", "5x", "m", "1e3", "", "--1", "1.", ".5", "1h 30m", "10µs"])
+def test_keep_alive_pattern_in_the_document_agrees_with_the_parser(document, raw):
+    from config import parse_keep_alive
+
+    load = document["paths"]["/api/models/ollama/load"]["post"]
+    schema = load["requestBody"]["content"]["application/json"]["schema"]["properties"]["keep_alive"]
+    pattern = next(s["pattern"] for s in schema["anyOf"] if s.get("type") == "string")
+    try:
+        parse_keep_alive(raw)
+        valid = True
+    except ValueError:
+        valid = False
+    assert bool(re.search(pattern, raw)) is valid
