@@ -1,6 +1,8 @@
 """The OpenAPI document against the code: valid 3.1, the URL map and the document agree both ways."""
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 
 import pytest
@@ -8,6 +10,7 @@ from openapi_spec_validator import validate
 
 import openapi_doc
 from ollama_client.proxy_paths import ALLOWED, PREFIX
+from tests.live import REPO
 
 # Flask's automatic answers on every rule, not operations of their own.
 AUTOMATIC_METHODS = {"HEAD", "OPTIONS"}
@@ -183,3 +186,15 @@ def test_keep_alive_pattern_in_the_document_agrees_with_the_parser(document, raw
     except ValueError:
         valid = False
     assert bool(re.search(pattern, raw)) is valid
+
+
+def test_vendored_swagger_ui_is_the_pinned_release():
+    """The files under vendor/swagger-ui are the ones the vendor README lists (and package.json pins)."""
+    vendor = REPO / "dashboard" / "static" / "vendor"
+    readme = (vendor / "README.md").read_text()
+    pinned = json.loads((REPO / "package.json").read_text())["devDependencies"]["swagger-ui-dist"]
+    assert f"swagger-ui-dist@{pinned}" in readme
+    listed = dict((path, digest) for digest, path in re.findall(r"^([0-9a-f]{64})  (swagger-ui/\S+)$", readme, re.M))
+    assert set(listed) == {"swagger-ui/swagger-ui-bundle.js", "swagger-ui/swagger-ui.css"}
+    for path, digest in listed.items():
+        assert hashlib.sha256((vendor / path).read_bytes()).hexdigest() == digest, path

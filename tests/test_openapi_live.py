@@ -6,6 +6,7 @@ the login throttle, and its model operations change the fake Ollama (reset for e
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -67,13 +68,22 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(server, tmp_path
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-4000:] + server.log()[-4000:]
 
 
-def test_newman_runs_the_postman_collection(server):
+def test_newman_runs_the_postman_collection(server, tmp_path):
     """The committed collection passes against a live server: login first, then every request."""
     if not NEWMAN.exists():
         pytest.fail("newman is missing: run `npm ci` (scripts/test.sh does)", pytrace=False)
+    report = tmp_path / "newman.json"
     result = _run([str(NEWMAN), "run", str(POSTMAN / "vram-dashboard.postman_collection.json"),
                    "--environment", str(POSTMAN / "vram-dashboard.postman_environment.json"),
                    "--env-var", f"baseUrl={server.url}", "--env-var", f"username={server.username}",
-                   "--env-var", f"password={server.password}", "--bail", "--color", "off",
-                   "--reporters", "cli", "--timeout-request", "20000"], timeout_s=120)
-    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-4000:]
+                   "--env-var", f"password={server.password}", "--color", "off",
+                   "--reporters", "cli,json", "--reporter-json-export", str(report),
+                   "--timeout-request", "20000"], timeout_s=120)
+    failures = []
+    if report.exists():
+        run = json.loads(report.read_text())["run"]
+        failures = [f"{f['source'].get('name')}: {f['error'].get('test')}: {f['error'].get('message')}"
+                    for f in run["failures"]]
+        assert run["stats"]["requests"]["total"] == len(json.loads(
+            (POSTMAN / "vram-dashboard.postman_collection.json").read_text())["item"])
+    assert result.returncode == 0 and not failures, "\n".join(failures) + "\n" + result.stdout[-6000:]
