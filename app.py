@@ -21,6 +21,7 @@ import errors
 import health
 import ollama_client
 import ollama_client.proxy
+import openapi_doc
 import security
 import server
 import sockets
@@ -40,7 +41,8 @@ from vram.poller import VramPoller
 log = logging.getLogger("vram_dashboard")
 # Each registers its routes and hooks through the same door, init_app(app, services). Order is
 # the order of their before_request hooks: malformed input is refused before credentials are checked.
-PACKAGES = (errors, security, auth, health, vram, ollama_client, ollama_client.proxy, dashboard)
+PACKAGES = (errors, security, auth, health, vram, ollama_client, ollama_client.proxy, dashboard,
+            openapi_doc)
 
 
 class DashboardFlask(Flask):

@@ -9,7 +9,8 @@ from auth.sessions import Session
 from errors import UnauthorizedError
 import services as services_module
 
-PUBLIC_API_PATHS = frozenset({"/api/auth/login"})
+# The login, and the OpenAPI document (it describes routes, not data).
+PUBLIC_API_PATHS = frozenset({"/api/auth/login", "/api/openapi.json"})
 
 
 def bearer_token(header: str | None) -> str | None:

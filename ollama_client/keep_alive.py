@@ -5,8 +5,9 @@ import math
 import re
 
 # A (possibly negative) number of seconds, or a Go duration such as "5m", "1h30m", "-1s".
-_GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
-_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+# ASCII digits only: \d would pass "٥m" on to Ollama, which cannot parse it.
+_GO_DURATION = re.compile(r"^-?([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
+_NUMBER = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 _EXPECTED = "must be a duration such as 5m, 1h, or seconds (-1 = forever)"
 
 

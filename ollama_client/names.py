@@ -131,6 +131,24 @@ def _check_part(value: str, what: str, pattern: re.Pattern[str], max_length: int
         raise InvalidModelName(f"the {what} part may contain only {allowed}{detail}")
 
 
+def name_pattern(allowed_registries: Iterable[str] = DEFAULT_REGISTRIES) -> str:
+    """Return a regular expression (ECMA-262 and Python alike) for exactly the names parse_model_name accepts.
+
+    For the OpenAPI document's ModelName, so generated clients and fuzzers know the grammar.
+
+    >>> import re; [bool(re.search(name_pattern(), n)) for n in ("llama3.2:latest", "HF.co/a/b", "a..b", "x/y/z")]
+    [True, True, False, False]
+    """
+    model_or_tag = f"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_PART - 1}}}"
+    namespace = f"[A-Za-z0-9_][A-Za-z0-9_-]{{0,{MAX_PART - 1}}}"
+    # Registries compare ignoring case; the character classes spell that out (no regex flags in JSON Schema).
+    registries = "|".join("".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in r)
+                          for r in allowed_registries)
+    registry = f"(?:{registries})/{namespace}/|" if registries else ""
+    # No "..", no line break anywhere ($ alone would let a trailing newline through in Python).
+    return rf"^(?!.*\.\.)(?!.*\n)(?:{registry}{namespace}/)?{model_or_tag}(?::{model_or_tag})?$"
+
+
 def canonical_or_none(name: str) -> str | None:
     """Return the canonical form of a name Ollama reported (any registry), or None if it does not parse.
 

@@ -24,7 +24,7 @@ import concurrency
 from auth.credentials import authenticate
 from errors import ApiError, BadRequestError, OllamaTimeoutError, OllamaUnavailableError, PayloadTooLargeError
 from ollama_client.client import iter_body
-from ollama_client.proxy_paths import PREFIX, Refusal, resolve
+from ollama_client.proxy_paths import PREFIX, Refusal, allowed_methods, resolve
 import services as services_module
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,14 @@ def forward(rest: str) -> Response:
                         direct_passthrough=True)
     _copy_response_headers(upstream, response)
     response.call_on_close(upstream.close)
+    return response
+
+
+@bp.after_request
+def _allow_what_is_forwarded(response: Response) -> Response:
+    """Make Flask's automatic OPTIONS answer list the allowlist's methods, not the catch-all rule's."""
+    if request.method == "OPTIONS" and "Allow" in response.headers:
+        response.headers["Allow"] = ", ".join(sorted(allowed_methods(raw_request_path(request.environ)) | {"OPTIONS"}))
     return response
 
 

@@ -105,9 +105,7 @@ def resolve(raw_path: str, method: str) -> Route:
     path = canonical_path(raw_path)
     if path is None:
         raise Refusal(404, "not found: the Ollama proxy forwards only the documented Ollama API paths")
-    allowed = ALLOWED.get(path)
-    if allowed is None and path.startswith("v1/models/") and _is_model_segment(path[len("v1/models/"):]):
-        allowed = _GET
+    allowed = allowed_methods(raw_path) or None
     if allowed is None:
         head = "/".join(path.split("/")[:2])
         if head in MANAGEMENT:
@@ -118,6 +116,21 @@ def resolve(raw_path: str, method: str) -> Route:
     if method not in allowed:
         raise Refusal(405, f"method {method} not allowed on /ollama/{path}", allow=allowed)
     return Route(method=method, upstream_path="/" + path)
+
+
+def allowed_methods(raw_path: str) -> frozenset[str]:
+    """Return the methods the allowlist accepts on a raw path (empty when it forwards none).
+
+    >>> sorted(allowed_methods("/ollama/api/chat")), sorted(allowed_methods("/ollama/api/pull"))
+    (['POST'], [])
+    """
+    path = canonical_path(raw_path)
+    if path is None:
+        return frozenset()
+    allowed = ALLOWED.get(path)
+    if allowed is None and path.startswith("v1/models/") and _is_model_segment(path[len("v1/models/"):]):
+        allowed = _GET
+    return allowed or frozenset()
 
 
 def _is_model_segment(name: str) -> bool:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install everything the tests need (virtualenv, Python packages, Chromium, gcc) and run the whole suite.
+# Install everything the tests need (virtualenv, Python packages, Chromium, gcc, Node tools) and run the
+# whole suite.
 # Usage: ./scripts/test.sh [pytest arguments]
 # Debian/Ubuntu packages that are missing (python3-venv, chromium, gcc, libc6-dev) are installed
 # with apt-get, which needs root or sudo.
@@ -32,6 +33,17 @@ fi
 # and start files (gcc alone, installed without recommends, cannot link a shared library).
 if ! echo 'int f(void) { return 0; }' | gcc -shared -fPIC -x c - -o /dev/null >/dev/null 2>&1; then
   apt_install gcc libc6-dev
+fi
+
+# Swagger UI's source, the Postman generator and Newman (tests/test_postman.py, the live lane)
+# come from npm, pinned in package.json / package-lock.json.
+if ! command -v npm >/dev/null 2>&1; then
+  apt_install nodejs npm
+fi
+# Reinstall when node_modules is missing or older than the lock file. --ignore-scripts: nothing
+# here needs an install script (and one of them, Swagger UI's analytics, would phone home).
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 fi
 
 exec .venv/bin/python -m pytest "$@"

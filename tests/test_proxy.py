@@ -247,3 +247,12 @@ def test_ollama_silent_before_the_first_byte_is_504(client, auth, fake_ollama):
     assert time.monotonic() - started < 2.0
     assert "error" in response.get_json()
     assert fake_ollama.count("GET", "/api/tags") == 1
+
+
+@pytest.mark.parametrize(("path", "allow"), [("/ollama/api/chat", "OPTIONS, POST"),
+                                             ("/ollama/api/tags", "GET, HEAD, OPTIONS"),
+                                             ("/ollama/v1/models/llama3.2:latest", "GET, HEAD, OPTIONS"),
+                                             ("/ollama/api/pull", "OPTIONS")])
+def test_options_lists_only_the_methods_the_allowlist_forwards(client, path, allow):
+    """Found by Schemathesis: OPTIONS listed the catch-all rule's methods (PUT, DELETE...), which are 405."""
+    assert client.options(path).headers["Allow"] == allow
