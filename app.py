@@ -12,10 +12,14 @@ if __name__ == "__main__":
 
 import logging
 import sys
+import time
+from typing import Callable
 
 from flask import Flask
 
+import audit
 import auth
+import usage
 import dashboard
 import errors
 import health
@@ -26,10 +30,15 @@ import security
 import server
 import sockets
 import vram
-from auth.sessions import InMemorySessionStore, SessionStore
+from audit.log import AuditLog
+from auth.accounts import Accounts
+from auth.credentials import principal_for
 from config import Config, ConfigError, ensure_data_dir, load_config
 from ollama_client.client import OllamaClient
 from ollama_client.downloads import DownloadManager
+from ollama_client.history import DownloadHistory
+from usage.log import UsageLog
+from db import Database, DatabaseStartupError, default_url, describe_url, open_database
 from services import Services
 from ollama_client.fit_service import FitAdvisor
 from ollama_client.model_index import ModelIndex
@@ -41,8 +50,8 @@ from vram.poller import VramPoller
 log = logging.getLogger("vram_dashboard")
 # Each registers its routes and hooks through the same door, init_app(app, services). Order is
 # the order of their before_request hooks: malformed input is refused before credentials are checked.
-PACKAGES = (errors, security, auth, health, vram, ollama_client, ollama_client.proxy, dashboard,
-            openapi_doc)
+PACKAGES = (errors, security, auth, audit, usage, health, vram, ollama_client, ollama_client.proxy,
+            dashboard, openapi_doc)
 
 
 class DashboardFlask(Flask):
@@ -55,10 +64,15 @@ class DashboardFlask(Flask):
 
 
 def create_app(config: Config | None = None, *, nvml_reader: NvmlReader | None = None,
-               session_store: SessionStore | None = None) -> Flask:
-    """Create and configure an instance of the Flask application."""
+               database: Database | None = None, clock: Callable[[], float] = time.time) -> Flask:
+    """Create and configure an instance of the Flask application.
+
+    Without `database`, opens and migrates DATABASE_URL (raising DatabaseStartupError).
+    """
     if config is None:
         config = load_config()
+    if database is None:
+        database = open_database(config.database_url or default_url(config.data_dir))
     app = DashboardFlask(__name__, static_folder=None)
     # Werkzeug would answer "/api//vram/status" with a 308 redirect whose body is an HTML page;
     # a path that is not a route is a JSON 404 like any other.
@@ -68,16 +82,20 @@ def create_app(config: Config | None = None, *, nvml_reader: NvmlReader | None =
 
     # The boundary objects first, each complete; then one Services that holds them all.
     reader = nvml_reader or NvmlReader()
-    sessions = session_store or InMemorySessionStore(config.session_expiry_s)
+    accounts = Accounts(database, config.session_expiry_s, clock=clock)
     ollama = OllamaClient(config.ollama_host)
     model_index = ModelIndex(ollama)  # blob digest -> model name, for attributing runner processes
     registry = RegistryClient(config.ollama_allowed_registries)
-    hub = sockets.SocketHub(sockets.create_socketio(app, config.cors_allowed_origins), sessions)
+    hub = sockets.SocketHub(sockets.create_socketio(app, config.cors_allowed_origins), principal_for)
+    accounts.add_listener(hub.credentials_ended)
     poller = VramPoller(reader, config.vram_poll_interval_s, publish=hub.publish_vram,
                         annotate=Attributor(model_index.name_for_blob, on_unknown=model_index.request_refresh))
     services = Services(
-        config=config, nvml=reader, sessions=sessions, hub=hub, ollama=ollama, poller=poller,
-        downloads=DownloadManager(ollama, hub.broadcast), model_index=model_index, registry=registry,
+        config=config, nvml=reader, database=database, accounts=accounts, hub=hub, ollama=ollama, poller=poller,
+        audit=AuditLog(database, config.audit_retention_days, clock=clock),
+        usage=UsageLog(database, config.audit_retention_days, clock=clock),
+        downloads=DownloadManager(ollama, hub.broadcast, clock=clock, history=DownloadHistory(database)),
+        model_index=model_index, registry=registry,
         fit=FitAdvisor(ollama, model_index, registry, poller.latest_snapshot))
     services.attach(app)
     for package in PACKAGES:
@@ -105,7 +123,13 @@ def main() -> int:
     if lifecycle.stop_requested:
         return 0
     _configure_logging(config.log_level)
-    app = create_app(config)
+    url = config.database_url or default_url(config.data_dir)
+    try:
+        database = open_database(url)
+    except DatabaseStartupError as exc:
+        print(f"configuration error: DATABASE_URL: cannot use {describe_url(url)}: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(config, database=database)
     services: Services = app.extensions["dashboard"]
     code = _serve(config, app, services, lifecycle)
     if not services.shutdown():

@@ -175,7 +175,21 @@ def _parse_username(raw: str) -> str:
     return raw
 
 
+def _parse_database_url(raw: Any) -> str | None:
+    """An SQLAlchemy URL of SQLite or PostgreSQL (psycopg 3); empty = SQLite under DASHBOARD_DATA_DIR."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    text = str(raw).strip()
+    scheme = text.split("://", 1)[0] if "://" in text else ""
+    if scheme == "postgresql":
+        return "postgresql+psycopg://" + text.split("://", 1)[1]  # the driver this server ships with
+    if scheme not in ("sqlite", "postgresql+psycopg"):
+        raise ValueError("must be sqlite:///<path> or postgresql+psycopg://user:password@host/db")
+    return text
+
+
 OllamaHost = Annotated[str, BeforeValidator(parse_ollama_host)]
+DatabaseUrl = Annotated[str | None, BeforeValidator(_parse_database_url)]
 BindHost = Annotated[str, BeforeValidator(_parse_bind_host)]
 Registries = Annotated[tuple[str, ...], BeforeValidator(_parse_registries)]
 Origins = Annotated[tuple[str, ...], BeforeValidator(_parse_origins)]
@@ -220,6 +234,8 @@ class Config(BaseSettings):
     cors_allowed_origins: Origins = Field((), alias="CORS_ALLOWED_ORIGINS")
     log_level: LogLevel = Field("INFO", alias="LOG_LEVEL")
     max_connections: int = Field(10000, alias="DASHBOARD_MAX_CONNECTIONS", ge=16)
+    database_url: DatabaseUrl = Field(None, alias="DATABASE_URL", **_SECRET)
+    audit_retention_days: int = Field(90, alias="AUDIT_RETENTION_DAYS", ge=1, le=36500)
 
     # Not variables: fixed by the contract, fields so that tests can change them.
     max_api_body_bytes: int = 1024 * 1024

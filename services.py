@@ -8,19 +8,25 @@ from typing import Any
 from flask import Flask, current_app
 from flask_socketio import SocketIO
 
-from auth.sessions import SessionStore
+import concurrency
+from audit.log import AuditLog
+from auth.accounts import Accounts
 from config import Config
+from db import Database
+from errors import ApiError
 from ollama_client.client import OllamaClient
 from ollama_client.downloads import DownloadManager
 from ollama_client.fit_service import FitAdvisor
 from ollama_client.model_index import ModelIndex
 from ollama_client.registry import RegistryClient
 from sockets.hub import SocketHub
+from usage.log import UsageLog
 from vram.nvml import NvmlReader
 from vram.poller import VramPoller
 
 log = logging.getLogger(__name__)
 EXTENSION_KEY = "dashboard"
+PURGE_EVERY_S = 3600.0
 
 
 @dataclass
@@ -30,7 +36,10 @@ class Services:
     config: Config
     nvml: NvmlReader
     poller: VramPoller
-    sessions: SessionStore
+    database: Database
+    accounts: Accounts        # users, sessions, API keys
+    audit: AuditLog
+    usage: UsageLog
     hub: SocketHub
     ollama: OllamaClient
     downloads: DownloadManager
@@ -44,6 +53,11 @@ class Services:
     def socketio(self) -> SocketIO:
         return self.hub.socketio
 
+    @property
+    def sessions(self) -> Accounts:
+        """The session store (the accounts hold users, sessions and keys)."""
+        return self.accounts
+
     def attach(self, app: Flask) -> None:
         app.extensions[EXTENSION_KEY] = self
 
@@ -53,7 +67,19 @@ class Services:
     def start_background_tasks(self) -> None:
         """Start what runs on its own: the poller and the session store's expiry timer."""
         start = self.socketio.start_background_task
-        self._tasks = [start(self.poller.run), start(self.sessions.run_expiry)]
+        self._tasks = [start(self.poller.run), start(self.accounts.run_expiry), start(self._purge_old_records)]
+
+    def _purge_old_records(self) -> None:
+        """Delete audit entries and usage rows past AUDIT_RETENTION_DAYS, now and every hour."""
+        while not self._stopping:
+            try:
+                removed = self.audit.purge() + self.usage.purge()
+                if removed:
+                    log.info("deleted %d audit and usage rows older than %d days", removed,
+                             self.config.audit_retention_days)
+            except ApiError as exc:
+                log.warning("could not delete old audit and usage rows: %s", exc.message)
+            concurrency.sleep(PURGE_EVERY_S)
 
     def begin_shutdown(self) -> None:
         """Mark running downloads interrupted while sockets can still hear it."""
@@ -68,7 +94,7 @@ class Services:
         """
         self.begin_shutdown()
         self.poller.stop()
-        self.sessions.stop()
+        self.accounts.stop()
         for task in self._tasks:
             kill = getattr(task, "kill", None)
             if kill is not None:
@@ -76,6 +102,7 @@ class Services:
         self._tasks = []
         self.registry.close()
         self.ollama.close()
+        self.database.dispose()
         return self.nvml.shutdown()
 
 

@@ -9,9 +9,9 @@ from config import Config
 BCRYPT_ROUNDS = 12
 
 
-def hash_password(password: str, rounds: int = BCRYPT_ROUNDS) -> bytes:
-    """Hash a password with bcrypt at the given cost."""
-    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=rounds))
+def hash_password(password: str, rounds: int | None = None) -> bytes:
+    """Hash a password with bcrypt at the given cost (BCRYPT_ROUNDS by default)."""
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=BCRYPT_ROUNDS if rounds is None else rounds))
 
 
 def check_password(password: str, hashed: bytes) -> bool:
@@ -31,3 +31,28 @@ def admin_password_hash(config: Config, rounds: int | None = None) -> bytes:
     if config.auth_password is None:
         raise ValueError("the configuration has neither a password nor a password hash")
     return hash_password(config.auth_password.get_secret_value(), BCRYPT_ROUNDS if rounds is None else rounds)
+
+
+def validate_password(password: str, field: str) -> None:
+    """Raise a 400 naming `field` unless the password is 8-72 bytes of UTF-8 (bcrypt's limit)."""
+    from errors import BadRequestError
+
+    try:
+        size = len(password.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadRequestError(f"field {field} must be valid UTF-8 text") from None
+    if len(password) < 8:
+        raise BadRequestError(f"field {field} must be at least 8 characters")
+    if size > 72:
+        raise BadRequestError(f"field {field} must be at most 72 bytes (bcrypt ignores the rest)")
+
+
+def hash_password_like(user) -> bytes:
+    """A hash at the cost of `user`'s own (or the default): checked when a login names nobody."""
+    rounds = BCRYPT_ROUNDS
+    if user is not None:
+        try:
+            rounds = int(user.password_hash.decode("ascii").split("$")[2])
+        except (IndexError, ValueError):
+            pass
+    return hash_password("not a password of anyone", rounds)

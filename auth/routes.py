@@ -1,25 +1,27 @@
-"""POST /api/auth/login, POST /api/auth/logout, GET /api/auth/me."""
+"""POST /api/auth/login, POST /api/auth/logout, GET /api/auth/me, POST /api/auth/password."""
 from __future__ import annotations
 
-import hmac
 import logging
 import sys
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 
-from auth.credentials import current_session
-from auth.passwords import admin_password_hash, check_password
+import audit
+import services as services_module
+from auth.credentials import current_principal, current_session
+from auth.passwords import check_password, hash_password_like, validate_password
+from auth.permissions import ANY, OWN, public, require
 from auth.throttle import LoginThrottle
 from concurrency import run_in_thread
 from errors import UnauthorizedError
 from jsonbody import read_json_object, require_string
-import services as services_module
 
 log = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
 INVALID_LOGIN = "invalid username or password"
-_PASSWORD_HASH = "auth.admin_password_hash"  # key in app.extensions
 THROTTLE_KEY = "login_throttle"
+# Checked when the user name is unknown, so that a wrong name takes as long as a wrong password.
+_DUMMY_HASH_KEY = "auth.dummy_hash"
 
 
 def init_throttle(app: Flask, config) -> LoginThrottle:
@@ -29,46 +31,85 @@ def init_throttle(app: Flask, config) -> LoginThrottle:
     return throttle
 
 
-@bp.record_once
-def _hash_admin_password(state) -> None:
-    # Once per app, at creation: from here on the login checks against this hash.
-    state.app.extensions[_PASSWORD_HASH] = admin_password_hash(state.app.extensions["dashboard"].config)
-
-
 @bp.post("/login")
+@public
 def login():
     body = read_json_object()
     # No length limits of their own (the body is capped at 1 MiB): an over-long user name or
     # password is a wrong one, a 401 with the one message, not a 400 that tells them apart.
     username = require_string(body, "username", max_length=sys.maxsize, allow_empty=True)
     password = require_string(body, "password", max_length=sys.maxsize, allow_empty=True)
-    services = services_module.current()
-    config = services.config
+    accounts = services_module.current().accounts
     # The slot is taken before bcrypt runs, so concurrent guesses cannot all slip past the count.
     with current_app.extensions[THROTTLE_KEY].attempt(request.remote_addr or "", username) as attempt:
-        # Always run bcrypt (in a real thread: ~250 ms at cost 12 would stall every connection),
-        # so a wrong user name takes as long as a wrong password.
-        password_ok = run_in_thread(check_password, password, current_app.extensions[_PASSWORD_HASH])
-        user_ok = hmac.compare_digest(username.encode("utf-8", "surrogatepass"),
-                                      config.auth_username.encode("utf-8"))
-        if not (password_ok and user_ok):
+        user = accounts.user_by_name(username) if 0 < len(username) <= 64 else None
+        hashed = user.password_hash if user is not None else _dummy_hash()
+        # Always run bcrypt (in a real thread: ~250 ms at cost 12 would stall every connection).
+        password_ok = run_in_thread(check_password, password, hashed)
+        if user is None or user.disabled or not password_ok:
             attempt.failed()
             log.info("failed login attempt")
+            audit.record("login_failed", username=username[:128], success=False)
             raise UnauthorizedError(INVALID_LOGIN)
-    session = services.sessions.create(config.auth_username)
-    log.info("user %s logged in", session.username)
+    session = accounts.create_session(user)
+    accounts.record_login(user.id)
+    audit.record("login", username=user.username)
+    log.info("user %s logged in", user.username)
     return jsonify(token=session.token, token_type="bearer", expires_at=session.expires_at_iso(),
-                   username=session.username)
+                   username=user.username, role=user.role)
+
+
+def _dummy_hash() -> bytes:
+    hashed = current_app.extensions.get(_DUMMY_HASH_KEY)
+    if hashed is None:
+        hashed = current_app.extensions[_DUMMY_HASH_KEY] = hash_password_like(
+            services_module.current().accounts.user_by_id(1))
+    return hashed
 
 
 @bp.post("/logout")
+@require(OWN, session_only=True)
 def logout():
     session = current_session()
-    services_module.current().sessions.revoke(session.token)  # its sockets are disconnected too
+    services_module.current().accounts.revoke_digest(session.token_sha256)  # its sockets are disconnected too
+    audit.record("logout")
     return jsonify(success=True)
 
 
 @bp.get("/me")
+@require(ANY)
 def me():
-    session = current_session()
-    return jsonify(username=session.username, expires_at=session.expires_at_iso())
+    principal = current_principal()
+    expires_at = principal.expires_at
+    from auth.accounts import iso
+
+    return jsonify(username=principal.username, role=principal.role, expires_at=iso(expires_at),
+                   auth=principal.auth)
+
+
+@bp.post("/password")
+@require(OWN, session_only=True)
+def change_password():
+    body = read_json_object()
+    current = require_string(body, "current_password", max_length=sys.maxsize, allow_empty=True)
+    new = require_string(body, "new_password", max_length=sys.maxsize, allow_empty=True)
+    validate_password(new, "new_password")
+    principal = current_principal()
+    accounts = services_module.current().accounts
+    user = accounts.user_by_id(principal.user_id)
+    if user is None or not run_in_thread(check_password, current, user.password_hash):
+        audit.record("password_change", target=principal.username, success=False, detail="wrong current password")
+        raise UnauthorizedError("the current password is wrong")
+    if user.source == "environment":
+        from errors import ConflictError
+
+        raise ConflictError("this administrator's password comes from the environment "
+                            "(DASHBOARD_AUTH_PASSWORD or DASHBOARD_AUTH_PASSWORD_HASH): change it there")
+    from auth.passwords import hash_password
+
+    hashed = run_in_thread(hash_password, new)
+    # Your other sessions end; the one you used and your API keys keep working.
+    accounts.update_user(user.id, password_hash=hashed, keep_session_sha256=principal.session.token_sha256,
+                         end_keys=False)
+    audit.record("password_change", target=user.username)
+    return jsonify(success=True)

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import concurrency
 from errors import ApiError, NotFoundError
 from ollama_client.client import OllamaClient, PullStream
+from ollama_client.history import DownloadHistory
 from ollama_client.formatting import iso_time, percent_text
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class DownloadJob:
     dirty: bool = False
     flusher: Any = None
     emit_lock: Any = field(default_factory=concurrency.Lock)
+    record_id: int | None = None  # its row in the download history
 
     @property
     def running(self) -> bool:
@@ -126,12 +128,25 @@ class DownloadJob:
                 "error": self.error, "message": self.message}
 
 
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    """A history row as a `GET downloads` entry."""
+    return {"model_name": record["model_name"], "status": record["status"],
+            "progress": percent_text(record["percent"]), "percent": record["percent"],
+            "completed_bytes": record["completed_bytes"], "total_bytes": record["total_bytes"],
+            "started_at": iso_time(record["started_at"]), "finished_at": iso_time(record["finished_at"]),
+            "error": record["error"], "message": record["message"]}
+
+
 class DownloadManager:
     """Run pulls in the background, one job per model; publish progress; list, cancel, interrupt."""
 
     def __init__(self, client: OllamaClient, publish: Publish, *, clock: Callable[[], float] = time.time,
-                 min_interval_s: float = MIN_EVENT_INTERVAL_S, start_wait_s: float = START_WAIT_S):
+                 min_interval_s: float = MIN_EVENT_INTERVAL_S, start_wait_s: float = START_WAIT_S,
+                 history: DownloadHistory | None = None):
         self._client = client
+        self._history = history
+        if history is not None:
+            history.interrupt_leftovers(clock())
         self._publish = publish
         self._clock = clock
         self.min_interval_s = min_interval_s
@@ -155,6 +170,8 @@ class DownloadManager:
             joined = job is not None and job.running
             if not joined:
                 job = DownloadJob(model_name=model_name, started_at=self._clock(), started=concurrency.Event())
+                if self._history is not None:
+                    job.record_id = self._saved(lambda h: h.start(model_name, job.started_at))
                 self._jobs[key] = job
                 job.thread = concurrency.spawn(self._run, job)
         # Wait for the upstream's answer; a joiner waits on the same event.
@@ -233,7 +250,17 @@ class DownloadManager:
         if error:
             log.warning("download of %s failed: %s", job.model_name, error)
         self._publish_now(job)
+        if self._history is not None and job.record_id is not None:
+            self._saved(lambda h: h.finish(job.record_id, job.summary(), job.finished_at))
         return True
+
+    def _saved(self, write: Callable[[DownloadHistory], Any]) -> Any:
+        """Write to the history; a database that is down costs the record, never the download."""
+        try:
+            return write(self._history)
+        except ApiError as exc:
+            log.warning("download history not saved: %s", exc.message)
+            return None
 
     def cancel(self, key: str) -> DownloadJob:
         """Cancel the running pull of a model: close the upstream stream, mark it cancelled."""
@@ -277,7 +304,13 @@ class DownloadManager:
                         if j.finished_at is not None and now - j.finished_at > FINISHED_RETENTION_S]:
                 del self._jobs[key]
             jobs = sorted(self._jobs.values(), key=lambda j: j.started_at)
-            return [job.summary() for job in jobs]
+            summaries = [job.summary() for job in jobs]
+            known = {job.record_id for job in jobs}
+        if self._history is not None:
+            # Those that ended before the last restart: the history has them, this process does not.
+            earlier = self._saved(lambda h: h.finished_since(now - FINISHED_RETENTION_S)) or []
+            summaries = [_summary(r) for r in earlier if r["id"] not in known] + summaries
+        return summaries
 
     # -- publishing ----------------------------------------------------------------------------
 

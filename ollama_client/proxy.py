@@ -15,17 +15,21 @@ only the canonical path and the body keeps what reaches Ollama exactly what the 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Iterable, Iterator
 
 from flask import Blueprint, Flask, Response, request
 from werkzeug.routing import BaseConverter
 
 import concurrency
-from auth.credentials import authenticate
+from auth.credentials import current_principal
+from auth.permissions import INFER, require
 from errors import ApiError, BadRequestError, OllamaTimeoutError, OllamaUnavailableError, PayloadTooLargeError
 from ollama_client.client import iter_body
 from ollama_client.proxy_paths import PREFIX, Refusal, allowed_methods, resolve
 import services as services_module
+from usage.log import Usage
+from usage.meter import UsageMeter
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +61,29 @@ class _AnyPath(BaseConverter):
 
 
 def init_app(app: Flask, services) -> None:
-    """Register the proxy blueprint and its credential check."""
+    """Register the proxy blueprint (auth.credentials authenticates every /ollama request first)."""
     app.url_map.converters["proxy_any"] = _AnyPath
-    app.before_request(_require_credentials)
     app.register_blueprint(bp)
-
-
-def _is_proxy_path(path: str) -> bool:
-    return path == PREFIX or path.startswith(PREFIX + "/")
-
-
-def _require_credentials() -> None:
-    """Authenticate every /ollama request before routing decides 403/404/405."""
-    if request.method != "OPTIONS" and _is_proxy_path(request.path):
-        authenticate(allow_proxy_token=True)
 
 
 # One rule for /ollama, /ollama/ and everything below, slashes unmerged and never redirected.
 @bp.route(PREFIX + "<proxy_any:rest>", methods=ROUTE_METHODS, merge_slashes=False, strict_slashes=False)
+@require(INFER)
 def forward(rest: str) -> Response:
     """Forward one allowlisted request to Ollama and relay its answer as it streams."""
+    started = time.monotonic()
+    try:
+        return _forward()
+    except ApiError as exc:
+        # Refused or failed before any answer streamed: counted as an error of its caller.
+        principal = current_principal()
+        services_module.current().usage.record_later(Usage(
+            principal.username, principal.key.id if principal.key else None, request.path.removeprefix(PREFIX + "/"),
+            None, exc.status, round(time.monotonic() - started, 6), None, None))
+        raise
+
+
+def _forward() -> Response:
     services = services_module.current()
     config, client = services.config, services.ollama
     try:
@@ -119,7 +126,10 @@ def forward(rest: str) -> Response:
         upstream.close()
         raise
 
-    response = Response(_relay(client, timeout, upstream, first, chunks), status=upstream.status,
+    principal = current_principal()
+    meter = UsageMeter(principal.username, principal.key.id if principal.key else None, route.upstream_path,
+                       upstream.status, services.usage.record_later)
+    response = Response(meter.wrap(_relay(client, timeout, upstream, first, chunks)), status=upstream.status,
                         direct_passthrough=True)
     _copy_response_headers(upstream, response)
     response.call_on_close(upstream.close)

@@ -16,7 +16,9 @@ from ollama_client.fit_service import driver_vram_by_model, loaded_vram_fields
 from ollama_client.formatting import human_bytes, processor, short_id
 from ollama_client.keep_alive import parse_keep_alive
 from ollama_client.names import MAX_NAME, ModelName, canonical_or_none, parse_model_name
+import audit
 import services as services_module
+from auth.permissions import MODELS, READ, require
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ollama_models", __name__, url_prefix="/api/models/ollama")
@@ -36,21 +38,29 @@ def _services():
 
 # -- helpers ---------------------------------------------------------------------------------
 
-def model_operation(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Give every error of a model operation the contract's shape {success, message, model_name, error}."""
+def model_operation(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A model operation: it needs the `models` permission, every error of it has the contract's
+    shape {success, message, model_name, error}, and each attempt is audited as `action`."""
 
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any):
-        try:
-            return view(*args, **kwargs)
-        except ApiError as exc:
-            body = parsed_json_or_none()
-            raw_name = body.get("model_name") if isinstance(body, dict) else None
-            exc.extra = {"success": False, "message": exc.message,
-                         "model_name": raw_name if isinstance(raw_name, str) else "", **exc.extra}
-            raise
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any):
+            try:
+                answer = view(*args, **kwargs)
+            except ApiError as exc:
+                body = parsed_json_or_none()
+                raw_name = body.get("model_name") if isinstance(body, dict) else None
+                name = raw_name if isinstance(raw_name, str) else ""
+                exc.extra = {"success": False, "message": exc.message, "model_name": name, **exc.extra}
+                if exc.status not in (400, 401, 403, 413):  # refused before it was an attempt
+                    audit.record(action, target=name[:300] or None, success=False, detail=exc.message[:500])
+                raise
+            audit.record(action, target=answer[0]["model_name"])
+            return answer
 
-    return wrapper
+        return require(MODELS)(wrapper)
+
+    return decorate
 
 
 def _ok(message: str, name: ModelName | str, status: int = 200):
@@ -105,6 +115,7 @@ def _call_while_client_waits(fn: Callable[[], T]) -> T:
 # -- reading -----------------------------------------------------------------------------------
 
 @bp.get("/list")
+@require(READ)
 def list_models():
     """Downloaded models, as `ollama list` shows them."""
     services = _services()
@@ -124,6 +135,7 @@ def _downloaded(model: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.get("/loaded")
+@require(READ)
 def loaded_models():
     """Models in memory, as `ollama ps` shows them, with the driver's per-GPU figures."""
     services = _services()
@@ -150,7 +162,7 @@ def _int(value: Any) -> int:
 # -- model operations --------------------------------------------------------------------------
 
 @bp.post("/load")
-@model_operation
+@model_operation("model_load")
 def load_model():
     """Load a model into memory; answers once Ollama has loaded it."""
     body, name = _read_model_name()
@@ -179,6 +191,7 @@ def _flag(body: dict[str, Any], field: str) -> bool:
 
 
 @bp.post("/fit")
+@require(READ)
 def fit_model():
     """Estimate whether a model (downloaded or not) fits in free VRAM, and what to unload if not."""
     body, name = _read_model_name()
@@ -202,7 +215,7 @@ def _keep_alive(body: dict[str, Any], default: str | int) -> str | int | float:
 
 
 @bp.post("/unload")
-@model_operation
+@model_operation("model_unload")
 def unload_model():
     """Unload a model from memory (success, saying so, when it was not loaded)."""
     _, name = _read_model_name()
@@ -220,7 +233,7 @@ def unload_model():
 
 
 @bp.post("/download")
-@model_operation
+@model_operation("model_download")
 def download_model():
     """Start downloading a model (202), or join the download already running."""
     _, name = _read_model_name()
@@ -231,13 +244,14 @@ def download_model():
 
 
 @bp.get("/downloads")
+@require(READ)
 def list_downloads():
     """Running downloads and those finished in the last hour."""
     return {"downloads": _services().downloads.list()}
 
 
 @bp.post("/download/cancel")
-@model_operation
+@model_operation("model_download_cancel")
 def cancel_download():
     """Cancel a running download."""
     _, name = _read_model_name()
@@ -249,7 +263,7 @@ def cancel_download():
 
 
 @bp.post("/delete")
-@model_operation
+@model_operation("model_delete")
 def delete_model():
     """Delete a downloaded model."""
     _, name = _read_model_name()

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import yaml
 from flask import Blueprint, Flask, Response, current_app, send_from_directory
 
+from auth.permissions import public
 from ollama_client.names import DEFAULT_REGISTRIES, name_pattern
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +91,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 @bp.get(DOCUMENT_PATH)
+@public
 def openapi_document():
     """Serve the document (built once, at app creation)."""
     return Response(current_app.extensions["openapi_json"], mimetype="application/json")

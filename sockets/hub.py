@@ -3,50 +3,62 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 from flask import request
 from flask_socketio import SocketIO, join_room
 from socketio.exceptions import ConnectionRefusedError as SocketRefused
 
-from auth.sessions import SessionStore
+from auth.accounts import Ended
+from auth.permissions import READ
+
+if TYPE_CHECKING:
+    from auth.credentials import Principal
 
 log = logging.getLogger(__name__)
 AUTHENTICATED_ROOM = "authenticated"
 NAMESPACE = "/"
 
 
+@dataclass(frozen=True)
+class _Listener:
+    """What opened a socket: to find the sockets whose credential just ended."""
+
+    session_sha256: str | None
+    key_id: str | None
+    user_id: int | None
+
+
 class SocketHub:
-    """Track which session token opened each socket; send events to authenticated sockets only.
+    """Track the credential each socket was opened with; send events to authenticated sockets only.
 
     Data flows one way into it: the poller publishes each reading (kept for connect-time sends),
-    the download manager publishes progress, the session store reports ended sessions.
+    the download manager publishes progress, the accounts report credentials that ended.
     """
 
-    def __init__(self, socketio: SocketIO, sessions: SessionStore):
+    def __init__(self, socketio: SocketIO, authenticate: Callable[[str], Principal | None]):
         self.socketio = socketio
-        self._sessions = sessions
+        self._authenticate = authenticate
         self._lock = threading.Lock()
-        self._sids_by_token: dict[str, set[str]] = defaultdict(set)
-        self._token_by_sid: dict[str, str] = {}
+        self._listeners: dict[str, _Listener] = {}
         self._latest_vram: Any = None
         socketio.on_event("connect", self._on_connect)
         socketio.on_event("disconnect", self._on_disconnect)
-        sessions.add_listener(self.disconnect_token)
 
     def _on_connect(self, auth=None):
         token = auth.get("token") if isinstance(auth, dict) else None
-        session = self._sessions.get(token) if isinstance(token, str) else None
-        if session is None:
+        principal = self._authenticate(token) if isinstance(token, str) and token else None
+        if principal is None or not principal.can(READ):
             # python-socketio's exception: its message reaches the client's connect_error (the
             # dashboard looks for "unauthorized"); with the builtin one clients get only
             # "Connection refused by server".
-            raise SocketRefused("unauthorized: connect with auth={'token': '<session token>'}")
+            raise SocketRefused("unauthorized: connect with auth={'token': '<session token or API key with "
+                                "the read scope>'}")
         sid = request.sid
         with self._lock:
-            self._sids_by_token[session.token].add(sid)
-            self._token_by_sid[sid] = session.token
+            self._listeners[sid] = _Listener(principal.session.token_sha256 if principal.session else None,
+                                             principal.key.id if principal.key else None, principal.user_id)
         join_room(AUTHENTICATED_ROOM)
         latest = self._latest_vram
         if latest is not None:
@@ -54,27 +66,20 @@ class SocketHub:
         return True
 
     def _on_disconnect(self, reason=None):
-        sid = request.sid
         with self._lock:
-            token = self._token_by_sid.pop(sid, None)
-            if token is not None:
-                sids = self._sids_by_token.get(token)
-                if sids is not None:
-                    sids.discard(sid)
-                    if not sids:
-                        del self._sids_by_token[token]
+            self._listeners.pop(request.sid, None)
 
     @property
     def connection_count(self) -> int:
         with self._lock:
-            return len(self._token_by_sid)
+            return len(self._listeners)
 
-    def disconnect_token(self, token: str) -> None:
-        """Disconnect every socket opened with `token` (logout or expiry)."""
+    def credentials_ended(self, ended: Ended) -> None:
+        """Disconnect every socket opened with a credential that just ended (logout, expiry, revoke)."""
         with self._lock:
-            sids = list(self._sids_by_token.pop(token, ()))
+            sids = [sid for sid, who in self._listeners.items() if _matches(who, ended)]
             for sid in sids:
-                self._token_by_sid.pop(sid, None)
+                del self._listeners[sid]
         for sid in sids:
             self.socketio.server.disconnect(sid, namespace=NAMESPACE)
 
@@ -86,3 +91,14 @@ class SocketHub:
     def broadcast(self, event: str, payload: Any) -> None:
         """Send an event to every authenticated socket (encoded once: see sockets.broadcast)."""
         self.socketio.emit(event, payload, to=AUTHENTICATED_ROOM)
+
+
+def _matches(who: _Listener, ended: Ended) -> bool:
+    if ended.session_sha256 is not None and who.session_sha256 == ended.session_sha256:
+        return True
+    if ended.key_id is not None and who.key_id is not None and (
+            who.key_id == ended.key_id or (ended.key_id == "*" and who.user_id == ended.user_id)):
+        return True
+    if ended.user_id is not None and who.user_id == ended.user_id and who.key_id is None:
+        return who.session_sha256 != ended.keep_session_sha256
+    return False

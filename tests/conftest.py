@@ -15,7 +15,7 @@ import time  # noqa: E402
 
 import pytest  # noqa: E402
 
-from auth.sessions import InMemorySessionStore  # noqa: E402
+import auth.passwords  # noqa: E402
 from config import Config  # noqa: E402
 
 from tests.credentials import PASSWORD, PASSWORD_HASH, USERNAME  # noqa: E402
@@ -68,12 +68,46 @@ def nvml_reader(fake_nvml):
     reader.shutdown()
 
 
+# Passwords that tests set through the API are hashed at cost 4 too.
+auth.passwords.BCRYPT_ROUNDS = 4
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory):
+    """A SQLite file migrated to the newest schema once; each test gets a copy (a fresh database)."""
+    from db import open_database
+
+    path = tmp_path_factory.mktemp("template") / "dashboard.db"
+    database = open_database(f"sqlite:///{path}")
+    database.dispose()
+    return path
+
+
 @pytest.fixture
-def app(config, clock, nvml_reader):
+def database_url(tmp_path, migrated_sqlite):
+    """The database an app test runs on: a fresh copy of the migrated SQLite file."""
+    import shutil
+
+    path = tmp_path / "dashboard.db"
+    shutil.copyfile(migrated_sqlite, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def database(database_url):
+    from db import Database
+
+    database = Database(database_url)
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def app(config, clock, nvml_reader, database):
     from app import create_app
 
-    app = create_app(config, nvml_reader=nvml_reader,
-                     session_store=InMemorySessionStore(config.session_expiry_s, clock=clock))
+    app = create_app(config, nvml_reader=nvml_reader, database=database, clock=clock)
     app.config["TESTING"] = True
     yield app
     app.extensions["dashboard"].shutdown()

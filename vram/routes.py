@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 import services
+from auth.permissions import READ, require
 
 from errors import BadRequestError, NvmlUnavailableError
 
@@ -12,6 +13,7 @@ NO_READING_YET = "no VRAM reading yet: the first NVML poll has not finished; ret
 
 
 @bp.get("/status")
+@require(READ)
 def status():
     polled = services.current().poller.wait_latest()
     empty = {"gpu": None, "gpus": [], "processes": []}
@@ -24,6 +26,7 @@ def status():
 
 
 @bp.get("/history")
+@require(READ)
 def history():
     raw = request.args.get("limit")
     limit = None

@@ -1,0 +1,89 @@
+"""Usage rows: one per proxied request; grouped by user, model or day for GET /api/usage."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from sqlalchemy import delete, select
+
+import concurrency
+from db import Database
+from errors import ApiError
+from usage.models import UsageRecord
+
+log = logging.getLogger(__name__)
+GROUPS = ("user", "model", "day")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one proxied request cost: who, through which key, which model, how long, how many tokens."""
+
+    username: str
+    key_id: str | None
+    endpoint: str
+    model: str | None
+    status: int
+    duration_s: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+class UsageLog:
+    def __init__(self, database: Database, retention_days: int, *, clock: Callable[[], float] = time.time):
+        self._db = database
+        self.retention_days = retention_days
+        self._clock = clock
+        self._listeners: list[Callable[[Usage], None]] = []
+
+    def record(self, usage: Usage) -> None:
+        row = UsageRecord(timestamp=self._clock(), **usage.__dict__)
+        self._db.run(lambda s: s.add(row))
+        for listener in self._listeners:
+            listener(usage)
+
+    def record_later(self, usage: Usage) -> None:
+        """Record in the background: the proxied answer has ended, its client waits for nothing."""
+        concurrency.spawn(self._record_quietly, usage)
+
+    def _record_quietly(self, usage: Usage) -> None:
+        try:
+            self.record(usage)
+        except ApiError as exc:
+            log.warning("usage of a proxied request not recorded: %s", exc.message)
+
+    def add_listener(self, listener: Callable[[Usage], None]) -> None:
+        """Call `listener(usage)` for every request recorded (e.g. the Prometheus counters)."""
+        self._listeners.append(listener)
+
+    def summary(self, since: float, until: float, group_by: str, username: str | None) -> list[dict[str, Any]]:
+        """Rows grouped in Python: a small team's week of requests, and one query for SQLite and PostgreSQL."""
+        def work(s) -> list[UsageRecord]:
+            query = select(UsageRecord).where(UsageRecord.timestamp >= since, UsageRecord.timestamp < until)
+            if username is not None:
+                query = query.where(UsageRecord.username == username)
+            return list(s.scalars(query))
+
+        groups: dict[str, dict[str, Any]] = {}
+        for row in self._db.run(work):
+            if group_by == "user":
+                name = row.username
+            elif group_by == "model":
+                name = row.model or ""
+            else:
+                name = datetime.fromtimestamp(row.timestamp, tz=timezone.utc).date().isoformat()
+            group = groups.setdefault(name, {group_by: name, "requests": 0, "errors": 0, "prompt_tokens": 0,
+                                             "completion_tokens": 0, "duration_s": 0.0})
+            group["requests"] += 1
+            group["errors"] += 1 if row.status >= 400 else 0
+            group["prompt_tokens"] += row.prompt_tokens or 0
+            group["completion_tokens"] += row.completion_tokens or 0
+            group["duration_s"] = round(group["duration_s"] + row.duration_s, 3)
+        return [groups[k] for k in sorted(groups)]
+
+    def purge(self) -> int:
+        cutoff = self._clock() - self.retention_days * 86400.0
+        return self._db.run(lambda s: s.execute(delete(UsageRecord).where(UsageRecord.timestamp < cutoff)).rowcount)
