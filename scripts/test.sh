@@ -2,8 +2,8 @@
 # Install everything the tests need (virtualenv, Python packages, Chromium, gcc, Node tools) and run the
 # whole suite.
 # Usage: ./scripts/test.sh [pytest arguments]
-# Debian/Ubuntu packages that are missing (python3-venv, chromium, gcc, libc6-dev) are installed
-# with apt-get, which needs root or sudo.
+# Debian/Ubuntu packages that are missing (python3-venv, chromium, gcc, libc6-dev, postgresql,
+# redis-server) are installed with apt-get, which needs root or sudo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +33,27 @@ fi
 # and start files (gcc alone, installed without recommends, cannot link a shared library).
 if ! echo 'int f(void) { return 0; }' | gcc -shared -fPIC -x c - -o /dev/null >/dev/null 2>&1; then
   apt_install gcc libc6-dev
+fi
+
+# The tests start their own throwaway PostgreSQL cluster and Redis (tests/servers.py) on 127.0.0.1;
+# they need Debian's server binaries only, never the system services (nothing here starts them).
+# PostgreSQL's sit in /usr/lib/postgresql/<version>/bin, not on PATH.
+# Their maintainer scripts would start the services (and create a `main` cluster on 5432): a
+# policy-rc.d that answers 101 ("action forbidden") stops that, unless one is there already
+# (Docker images ship one).
+apt_install_no_start() {
+  if [ -e /usr/sbin/policy-rc.d ]; then apt_install "$@"; return; fi
+  as_root sh -c 'printf "#!/bin/sh\nexit 101\n" >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
+  local rc=0
+  apt_install "$@" || rc=$?
+  as_root rm -f /usr/sbin/policy-rc.d
+  return "$rc"
+}
+servers=()
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || servers+=(postgresql)
+[ -x /usr/bin/redis-server ] || servers+=(redis-server)
+if [ "${#servers[@]}" -gt 0 ]; then
+  apt_install_no_start "${servers[@]}"
 fi
 
 # Swagger UI's source, the Postman generator and Newman (tests/test_postman.py, the live lane)

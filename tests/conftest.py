@@ -9,7 +9,7 @@ with warnings.catch_warnings():
 # As in `python app.py`: patch before Flask, requests or the fakes import socket/threading.
 eventlet.monkey_patch()
 
-pytest_plugins = ["tests.fakes.fake_nvml.fixtures", "tests.fakes.fake_ollama_fixtures"]
+pytest_plugins = ["tests.fakes.fake_nvml.fixtures", "tests.fakes.fake_ollama_fixtures", "tests.server_fixtures"]
 
 import time  # noqa: E402
 
