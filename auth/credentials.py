@@ -2,6 +2,7 @@
 applies the permission table (auth/permissions.py) to every /api/*, /ollama/* and /metrics request."""
 from __future__ import annotations
 
+import functools
 import hmac
 from dataclasses import dataclass
 
@@ -135,13 +136,19 @@ def is_protected(path: str) -> bool:
 def protect(app: Flask) -> None:
     """Authenticate and authorise every protected request before routing decides 404/405."""
 
+    @functools.cache
+    def public_paths() -> frozenset[str]:
+        """Paths of public views, also for a wrong method on them (405, not 401)."""
+        return frozenset(rule.rule for rule in app.url_map.iter_rules()
+                         if rule_of(app.view_functions.get(rule.endpoint)) is None)
+
     @app.before_request
     def guard():
         if request.method == "OPTIONS" or not is_protected(request.path):
             return None
         view = app.view_functions.get(request.endpoint) if request.endpoint else None
         rule = rule_of(view)
-        if rule is None:  # declared public (the login, the OpenAPI document)
+        if rule is None or request.path in public_paths():  # the login, the OpenAPI document
             return None
         principal = authenticate(allow_proxy_token=request.path.startswith("/ollama"))
         if request.routing_exception is not None:

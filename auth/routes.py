@@ -42,7 +42,9 @@ def login():
     accounts = services_module.current().accounts
     # The slot is taken before bcrypt runs, so concurrent guesses cannot all slip past the count.
     with current_app.extensions[THROTTLE_KEY].attempt(request.remote_addr or "", username) as attempt:
-        user = accounts.user_by_name(username) if 0 < len(username) <= 64 else None
+        user = accounts.user_by_name(username) if 0 < len(username) <= 128 else None
+        if user is not None and user.username != username:
+            user = None  # names are unique ignoring case, but a login spells its name exactly
         hashed = user.password_hash if user is not None else _dummy_hash()
         # Always run bcrypt (in a real thread: ~250 ms at cost 12 would stall every connection).
         password_ok = run_in_thread(check_password, password, hashed)

@@ -305,11 +305,15 @@ class DownloadManager:
                 del self._jobs[key]
             jobs = sorted(self._jobs.values(), key=lambda j: j.started_at)
             summaries = [job.summary() for job in jobs]
-            known = {job.record_id for job in jobs}
+            known = {job.model_name for job in jobs}
         if self._history is not None:
-            # Those that ended before the last restart: the history has them, this process does not.
-            earlier = self._saved(lambda h: h.finished_since(now - FINISHED_RETENTION_S)) or []
-            summaries = [_summary(r) for r in earlier if r["id"] not in known] + summaries
+            # Those that ended before the last restart: the history has them, this process does not
+            # (one entry a model, its latest, as for the jobs of this process).
+            latest: dict[str, dict[str, Any]] = {}
+            for record in self._saved(lambda h: h.finished_since(now - FINISHED_RETENTION_S)) or []:
+                if record["model_name"] not in known:
+                    latest[record["model_name"]] = record
+            summaries = [_summary(r) for r in latest.values()] + summaries
         return summaries
 
     # -- publishing ----------------------------------------------------------------------------

@@ -27,7 +27,8 @@ def test_login_returns_a_bearer_token(client):
     response = client.post("/api/auth/login", json={"username": USERNAME, "password": PASSWORD})
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == {"token", "token_type", "expires_at", "username"}
+    assert set(body) == {"token", "token_type", "expires_at", "username", "role"}
+    assert body["role"] == "admin"
     assert body["token_type"] == "bearer" and body["username"] == USERNAME
     assert len(body["token"]) >= 43  # token_urlsafe(32): 256 bits
     assert body["expires_at"].endswith("+00:00")
@@ -79,7 +80,7 @@ def test_token_in_query_string_is_not_accepted(client, auth):
 def test_me_and_logout(client, auth):
     headers = auth.headers()
     me = client.get("/api/auth/me", headers=headers)
-    assert me.status_code == 200 and set(me.get_json()) == {"username", "expires_at"}
+    assert me.status_code == 200 and set(me.get_json()) == {"username", "role", "expires_at", "auth"}
     assert me.get_json()["username"] == USERNAME
     assert client.post("/api/auth/logout", headers=headers).get_json() == {"success": True}
     assert_401(client.get("/api/auth/me", headers=headers))
@@ -188,8 +189,9 @@ def low_bcrypt_cost(monkeypatch):
 
 @pytest.mark.parametrize("config_overrides", [{"auth_password_hash": None, "auth_password": PASSWORD}])
 def test_plain_password_is_hashed_once_at_app_creation(low_bcrypt_cost, app, client, config_overrides):
-    hashed = app.extensions["auth.admin_password_hash"]
+    accounts = app.extensions["dashboard"].accounts
+    hashed = accounts.user_by_name(USERNAME).password_hash
     assert hashed.startswith(b"$2b$04$")  # the injected cost
     assert client.post("/api/auth/login", json={"username": USERNAME, "password": PASSWORD}).status_code == 200
     assert client.post("/api/auth/login", json={"username": USERNAME, "password": "wrong"}).status_code == 401
-    assert app.extensions["auth.admin_password_hash"] is hashed
+    assert accounts.user_by_name(USERNAME).password_hash == hashed
