@@ -107,7 +107,8 @@ def test_nonsense_model_info_values_are_missing_not_crashes(bad):
 
 
 @pytest.mark.parametrize("value, ok", [(None, 4096), (1, 1), (1_048_576, 1_048_576), (0, None), (1_048_577, None),
-                                       ("4096", None), (4096.0, None), (True, None), (-5, None)])
+                                       ("4096", None), (4096.0, 4096), (4096.5, None), (1e300, None),
+                                       (float("nan"), None), (float("inf"), None), (True, None), (-5, None)])
 def test_num_ctx_bounds(value, ok):
     if ok is None:
         with pytest.raises(ValueError, match="num_ctx"):
