@@ -1,14 +1,20 @@
-"""Will it fit? in the browser: the hint before a load and in the download box, and make room.
+"""VRAM per model and Will it fit? in the browser: the stacked bar, the fit hints, make room.
 
 The live server reads the fake NVML and the fake Ollama (tests/e2e/conftest.py). The fake's
 /api/show gives every model a small llama-shaped model_info, so llama3.2:latest (2.0 GB) needs
 about 3.2 GB with the default context: it fits on the default GPU 0 (18 GB free), and not on
 one GPU with 0.5 GiB free unless the loaded qwen2.5-coder:7b (4.7 GB in VRAM) is unloaded.
+The stacked bar needs a process the server can tie to a model: a real, sleeping process whose
+command line reads like Ollama's runner, put on GPU 0 of the fake NVML by its PID.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -20,7 +26,7 @@ except ImportError:
     pytest.skip("Playwright for Python is not installed (pip install playwright)", allow_module_level=True)
 
 from tests.e2e.conftest import api_get, api_token  # noqa: E402
-from tests.fakes.fake_nvml import MIB, FakeGpu, Scenario  # noqa: E402
+from tests.fakes.fake_nvml import MIB, FakeGpu, FakeProcess, Scenario, two_gpus  # noqa: E402
 from tests.live import wait_until  # noqa: E402
 
 pytestmark = pytest.mark.e2e
@@ -111,3 +117,39 @@ def test_cancel_leaves_everything_loaded(dashboard, server, nvml, fake_ollama):
     expect(prompt).to_be_empty()
     assert generate_calls(fake_ollama) == []
     assert fake_ollama.state()["loaded"] == [BIG]
+
+
+@pytest.fixture
+def runner(tmp_path):
+    """A sleeping process whose command line reads like Ollama's runner serving llama3.2:latest.
+
+    The blob is the one the fake's /api/show names in that model's FROM line.
+    """
+    (tmp_path / "runner").write_text("import time\ntime.sleep(60)\n")
+    blob = "sha256-" + hashlib.sha256(f"blob:{MODEL}".encode()).hexdigest()
+    proc = subprocess.Popen(["/usr/local/bin/ollama", "runner", "--model",
+                             f"/usr/share/ollama/.ollama/models/blobs/{blob}", "--port", "41001"],
+                            executable=sys.executable, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_gpu_card_stacks_vram_by_model_from_the_runner(dashboard, nvml, runner):
+    scenario = two_gpus()
+    processes = (FakeProcess(pid=runner, name="/usr/local/bin/ollama", gpu=0, used_bytes=3000 * MIB),
+                 *scenario.processes[1:])
+    nvml.apply(dataclasses.replace(scenario, processes=processes))
+    card = dashboard.locator('.gpu-card[data-gpu-index="0"]')
+    legend = card.get_by_role("list", name="GPU 0 VRAM by model")
+    expect(legend).to_be_visible()
+    expect(legend.locator("li").first).to_have_text(f"{MODEL} 3,000 MiB")
+    expect(legend.locator("li").last).to_have_text("other 3,144 MiB")  # 6,144 used in all
+    segment = card.locator(".bar-seg")
+    expect(segment).to_have_count(1)
+    expect(segment).to_have_attribute("title", f"{MODEL}: 3,000 MiB")
+    width = segment.evaluate("el => parseFloat(el.style.width)")
+    assert abs(width - 100 * 3000 / 24564) < 0.01, width
+    expect(dashboard.locator(f'#process-rows tr[data-pid="{runner}"] .proc-model')).to_have_text(MODEL)
+    expect(dashboard.locator('#process-rows tr[data-pid="1300"] .proc-model')).to_have_text("—")
+    expect(dashboard.locator('.gpu-card[data-gpu-index="1"] .vram-legend')).to_be_hidden()
