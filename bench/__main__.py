@@ -2,6 +2,7 @@
 
     python -m bench                      everything (~8 minutes), then BENCHMARKS.md
     python -m bench --only rest,fanout   some sections; BENCHMARKS.md is left alone
+    python -m bench --only attribution   poller tick CPU with VRAM attribution ÷ without (~1 minute)
     python -m bench --report             re-render BENCHMARKS.md from bench/out/results.json
 
 All load stays on 127.0.0.1, every step is bounded in count and time, and every process the run
@@ -20,7 +21,7 @@ import traceback
 from bench import common
 from bench.common import OUT, REPO, Fakes, log
 
-SECTIONS = ("rest", "proxy", "fanout", "idle", "isolation", "progress")
+SECTIONS = ("rest", "proxy", "fanout", "idle", "isolation", "progress", "attribution")
 RESULTS = OUT / "results.json"
 COMMAND = "bench/run.sh"
 
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     section("progress", progress.run, fakes, workdir, idle=idle_run)
     if idle_run is not None:
         section("idle", idle_run.finish)
+    from bench import attribution  # the measuring itself runs in a pinned subprocess
+
+    section("attribution", attribution.run, fakes, workdir)
     results["seconds"] = time.time() - started
     results["machine"]["loadavg_end"] = os.getloadavg()
     OUT.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,8 @@ def render(r: dict[str, Any]) -> str:
     add("")
     add(machine_section(r))
     for name, fn in (("rest", rest_section), ("proxy", proxy_section), ("fanout", fanout_section),
-                     ("idle", idle_section), ("isolation", isolation_section), ("progress", progress_section)):
+                     ("idle", idle_section), ("isolation", isolation_section), ("progress", progress_section),
+                     ("attribution", attribution_section)):
         if name in r:
             add(fn(r[name], r))
         else:
@@ -68,7 +69,7 @@ def render(r: dict[str, Any]) -> str:
 
 
 TITLES = {"rest": "1. REST", "proxy": "2. Proxy", "fanout": "3. Fan-out", "idle": "4. Idle",
-          "isolation": "5. Isolation", "progress": "6. Progress relay"}
+          "isolation": "5. Isolation", "progress": "6. Progress relay", "attribution": "7. VRAM attribution"}
 
 
 def _rest(r, gpus):
@@ -142,6 +143,12 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
                  "≤ ~4 events/s, final never dropped",
                  f"{m(g['events_per_s'], 1)} events/s out for {m(g['lines_in_per_s'], 0)} lines/s in; "
                  f"final {signed(g['final_late_ms'], 1)} ms" if g else "n/a", verdict(g["verdict"] if g else None)])
+    a = r.get("attribution")
+    rows.append(["7", "Poller CPU per tick with attribution ÷ without, 8 GPUs × 50 processes",
+                 f"≤ {a['target_ratio']:.2f}×" if a else "≤ 1.10×",
+                 f"{m(a['ratio'], 3)}× ({a['ratio']['min']:.3f}–{a['ratio']['max']:.3f}); "
+                 f"{m(a['with_us_per_tick'], 0)} µs vs {m(a['without_us_per_tick'], 0)} µs a tick"
+                 if a else "n/a", verdict(a["verdict"] if a else None)])
     return rows
 
 
@@ -320,6 +327,25 @@ event never dropped.
                  f"last line. The most in any one second can be one more than 4: a throttled update and the "
                  f"final event, which is never held back. Verdict: {verdict(x['verdict'])}.\n")
     return "\n".join(lines)
+
+
+def attribution_section(x: dict[str, Any], r) -> str:
+    return f"""## 7. VRAM attribution
+
+`bench/attribution.py`, in a process of its own pinned to the server core: one `NvmlReader` on the
+fake NVML with {x['gpus']} GPUs × {x['processes'] // x['gpus']} processes (the REST benchmark's large machine), {x['runners']} of them real
+processes whose command lines read like Ollama runners (`ollama runner --model …/blobs/sha256-…`),
+whose `/proc/<pid>/cmdline` the attribution reads for real (when the set of PIDs changes; a tick
+with the same PIDs compares the set, as in the server). Two pollers on that reader, one with the
+`Attributor` (its blob → model name lookup a dict, as the model index serves it) and one without,
+tick in alternating blocks ({x['blocks']} blocks of {x['ticks_per_block']} ticks each, so drift on the shared machine hits
+both); CPU is the process's time (tpool threads included) per tick. Target: with ÷ without
+≤ {x['target_ratio']:.2f}×.
+
+| CPU per tick without | with attribution | ratio (per block pair) | target | verdict |
+|---|---|---|---|---|
+| {f(x['without_us_per_tick'], 0)} µs | {f(x['with_us_per_tick'], 0)} µs | **{f(x['ratio'], 3)}×** | ≤ {x['target_ratio']:.2f}× | {verdict(x['verdict'])} |
+"""
 
 
 def findings(r: dict[str, Any]) -> str:

@@ -242,9 +242,15 @@ def _expiry_key(expires_at: str | None) -> float:
 
 
 def parse_num_ctx(value: Any) -> int:
-    """Return num_ctx (default 4096) or raise ValueError saying what is wrong."""
+    """Return num_ctx (default 4096) or raise ValueError saying what is wrong.
+
+    JSON has one number type, and JSON Schema's "integer" (the OpenAPI document's) includes
+    4096.0: an integral float is that integer. 4096.5, "4096" and true are not.
+    """
     if value is None:
         return DEFAULT_NUM_CTX
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NUM_CTX:
         raise ValueError(f"field num_ctx must be an integer from 1 to {MAX_NUM_CTX:,}")
     return value

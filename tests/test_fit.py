@@ -107,7 +107,8 @@ def test_nonsense_model_info_values_are_missing_not_crashes(bad):
 
 
 @pytest.mark.parametrize("value, ok", [(None, 4096), (1, 1), (1_048_576, 1_048_576), (0, None), (1_048_577, None),
-                                       ("4096", None), (4096.0, None), (True, None), (-5, None)])
+                                       ("4096", None), (4096.0, 4096), (4096.5, None), (1e300, None),
+                                       (float("nan"), None), (float("inf"), None), (True, None), (-5, None)])
 def test_num_ctx_bounds(value, ok):
     if ok is None:
         with pytest.raises(ValueError, match="num_ctx"):
@@ -554,6 +555,48 @@ def test_load_fitting_model_with_require_fit_loads(api, services, fake_nvml, two
     services.poller.tick()
     assert api("post", "load", json={"model_name": "qwen2.5:7b", "require_fit": True}).status_code == 200
     assert api("post", "load", json={"model_name": "nope", "require_fit": True}).status_code == 404
+
+
+def _conforms(document, operation, status, body) -> None:
+    """`body` matches the document's schema for that operation's `status` answer (refs resolved)."""
+    from jsonschema import Draft202012Validator
+
+    path, method = operation
+    responses = document["paths"][path][method]["responses"]
+    response = responses[str(status)]
+    if "$ref" in response:
+        response = document["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
+    # The document as the root schema: its components resolve, its other keys are not keywords.
+    schema = {**document, **response["content"]["application/json"]["schema"]}
+    errors = sorted(Draft202012Validator(schema).iter_errors(body), key=str)
+    assert not errors, f"{method.upper()} {path} {status}: {errors[0].message} in {body}"
+
+
+def test_answers_schemathesis_cannot_reach_match_the_document(api, client, auth, services, fake_nvml,
+                                                               fake_ollama, crowded):
+    """A crowded GPU (not-fitting estimates, the 409 with `fit`), a runner's model, a 422."""
+    document = client.get("/api/openapi.json").get_json()
+    status = client.get("/api/vram/status", headers=auth.headers()).get_json()
+    assert any(p["model"] == "qwen2.5:7b" for p in status["processes"])
+    _conforms(document, ("/api/vram/status", "get"), 200, status)
+    loaded = api("get", "loaded").get_json()
+    assert {m["vram_source"] for m in loaded["models"]} == {"driver", "ollama"}
+    _conforms(document, ("/api/models/ollama/loaded", "get"), 200, loaded)
+    fit_path = ("/api/models/ollama/fit", "post")
+    tight = fit_of(api, model_name="llama3.1:8b", num_ctx=2048)
+    assert tight.status_code == 200 and tight.get_json()["unload_to_fit"]
+    _conforms(document, fit_path, 200, tight.get_json())
+    for body, code in (({"model_name": "llama3.1:8b", "num_ctx": 0}, 400), ({"model_name": "noinfo"}, 422)):
+        response = fit_of(api, **body)
+        assert response.status_code == code
+        _conforms(document, fit_path, code, response.get_json())
+    load_path = ("/api/models/ollama/load", "post")
+    refused = api("post", "load", json={"model_name": "llama3.1:8b", "require_fit": True})
+    assert refused.status_code == 409
+    _conforms(document, load_path, 409, refused.get_json())
+    no_info = api("post", "load", json={"model_name": "noinfo", "require_fit": True})
+    assert no_info.status_code == 422
+    _conforms(document, load_path, 422, no_info.get_json())
 
 
 # -- the registry ------------------------------------------------------------------------------------
