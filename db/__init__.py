@@ -96,6 +96,8 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision; refuse a database written by a newer version."""
+        # Alembic narrates every step at INFO (from its import on); a start-up needs none of it.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         from alembic import command
         from alembic.config import Config as AlembicConfig
         from alembic.runtime.migration import MigrationContext
