@@ -126,7 +126,7 @@ def test_login_does_not_need_a_token_and_health_is_public(client):
     health = client.get("/health")
     assert health.status_code == 200
     body = health.get_json()
-    assert set(body) == {"status", "nvml", "ollama", "version"}
+    assert set(body) == {"status", "nvml", "ollama", "stale", "version"}
     assert body["status"] in ("ok", "degraded")
 
 

@@ -18,6 +18,8 @@ HISTORY_MAX_SAMPLES = 36_000
 # A request that arrives before the first reading (the port opens before NVML answers) waits this
 # long for it, then is told to retry.
 FIRST_READING_WAIT_S = 2.0
+# A reading older than this many poll intervals is stale: the driver has stopped answering in time.
+STALE_AFTER_INTERVALS = 3
 
 
 class SnapshotReader(Protocol):
@@ -33,6 +35,16 @@ class PolledSnapshot:
     snapshot: VramSnapshot
     body: dict[str, Any]
     json_bytes: bytes
+    taken_at: float = 0.0  # concurrency.monotonic() when the reading was stored
+
+    def age_s(self) -> float:
+        return max(0.0, concurrency.monotonic() - self.taken_at)
+
+    def json_bytes_with_age(self, stale_after_s: float) -> bytes:
+        """The body with `age_s` and `stale` spliced in before its closing brace (no re-serialising)."""
+        age = self.age_s()
+        tail = b',"age_s":%.3f,"stale":%s}' % (age, b"true" if age > stale_after_s else b"false")
+        return self.json_bytes[:-1] + tail
 
 
 class VramPoller:
@@ -67,7 +79,8 @@ class VramPoller:
         """Read NVML once (in an OS thread), store the result, and publish it."""
         snapshot = concurrency.run_in_thread(self._reader.read_snapshot)
         body = snapshot.to_dict()
-        polled = PolledSnapshot(snapshot, body, json.dumps(body, separators=(",", ":")).encode())
+        polled = PolledSnapshot(snapshot, body, json.dumps(body, separators=(",", ":")).encode(),
+                                taken_at=concurrency.monotonic())
         sample = (snapshot.timestamp, tuple(
             (gpu.index, gpu.used_mb, gpu.total_mb, gpu.utilization) for gpu in snapshot.gpus))
         with self._lock:
@@ -91,6 +104,10 @@ class VramPoller:
                 for index, used, total, util in gpus]}
             for ts, gpus in samples
         ]
+
+    @property
+    def stale_after_s(self) -> float:
+        return STALE_AFTER_INTERVALS * self.interval_s
 
     @property
     def history_capacity(self) -> int:

@@ -19,8 +19,10 @@ def status():
         raise NvmlUnavailableError(NO_READING_YET, extra=empty, headers={"Retry-After": "1"})
     if not polled.snapshot.available:
         raise NvmlUnavailableError(polled.snapshot.error or "NVML unavailable", extra=empty)
-    # The body was serialised once when the poller took the reading; requests only copy bytes.
-    return Response(polled.json_bytes, mimetype="application/json")
+    # The body was serialised once when the poller took the reading; requests only add its age
+    # (`age_s`, and `stale` once it is older than 3 poll intervals) before the closing brace.
+    return Response(polled.json_bytes_with_age(services.current().poller.stale_after_s),
+                    mimetype="application/json")
 
 
 @bp.get("/history")
