@@ -41,6 +41,7 @@ _SHORTAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 # accept() failing for one connection that went away before it was taken: take the next one.
 _LOST_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO})
 SHORTAGE_PAUSE_S = (0.1, 0.5)
+SHORTAGE_QUIET_S = 1.0
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 
 
@@ -98,13 +99,17 @@ class _PatientListener:
 
     eventlet.wsgi.server lets any accept() error but a few leave its loop: EMFILE with every
     descriptor in use would end the process. Here the connection waits in the kernel's backlog
-    until a descriptor is free; the shortage is logged once per episode.
+    until a descriptor is free. The shortage is logged once per episode: one that ends when
+    accept() has gone `quiet_s` without failing (a descriptor freed now and then does not end it).
     """
 
-    def __init__(self, sock: socket.socket, pause_s: tuple[float, float] = SHORTAGE_PAUSE_S):
+    def __init__(self, sock: socket.socket, pause_s: tuple[float, float] = SHORTAGE_PAUSE_S,
+                 quiet_s: float = SHORTAGE_QUIET_S):
         self._sock = sock
         self._pause_s = pause_s
-        self.short_since: float | None = None  # when the current shortage began
+        self._quiet_s = quiet_s
+        self.short_since: float | None = None  # when the current episode began
+        self._last_failure = 0.0
 
     def accept(self):
         pause, longest = self._pause_s
@@ -116,16 +121,18 @@ class _PatientListener:
                     continue
                 if exc.errno not in _SHORTAGE_ERRNOS:
                     raise
+                self._last_failure = time.monotonic()
                 if self.short_since is None:
-                    self.short_since = time.monotonic()
+                    self.short_since = self._last_failure
                     log.error("cannot accept connections: %s; new connections wait until one closes "
                               "(raise LimitNOFILE / ulimit -n, or lower DASHBOARD_MAX_CONNECTIONS)",
                               os.strerror(exc.errno))
                 concurrency.sleep(pause)
                 pause = min(pause * 2, longest)
                 continue
-            if self.short_since is not None:
-                log.warning("accepting connections again after %.1f s", time.monotonic() - self.short_since)
+            now = time.monotonic()
+            if self.short_since is not None and now - self._last_failure >= self._quiet_s:
+                log.warning("accepting connections again after %.1f s", self._last_failure - self.short_since)
                 self.short_since = None
             return connection
 
