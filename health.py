@@ -16,7 +16,7 @@ def health():
     polled = poller.wait_latest()
     # A reading older than 3 poll intervals: the driver stopped answering in time; what the
     # dashboard shows is not the GPU's state now.
-    stale = polled is not None and polled.age_s() > poller.stale_after_s
+    stale = polled is not None and polled.is_stale(poller.stale_after_s)
     nvml_ok = polled is not None and polled.snapshot.available and not stale
     ollama_ok = services.ollama_reachable()
     return jsonify(status="ok" if nvml_ok and ollama_ok else "degraded", nvml=nvml_ok,

@@ -92,7 +92,8 @@ def init_app(app: Flask, services: "Services") -> None:
         CORS(app, resources={r"/api/*": {"origins": list(config.cors_allowed_origins)},
                              r"/ollama/*": {"origins": list(config.cors_allowed_origins)},
                              r"/health": {"origins": list(config.cors_allowed_origins)}},
-             allow_headers=["Authorization", "Content-Type"], supports_credentials=False, max_age=600)
+             allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Reading-Age", "X-Reading-Stale"],
+             supports_credentials=False, max_age=600)
 
     @app.before_request
     def refuse_undecodable_query():

@@ -40,11 +40,8 @@ class PolledSnapshot:
     def age_s(self) -> float:
         return max(0.0, concurrency.monotonic() - self.taken_at)
 
-    def json_bytes_with_age(self, stale_after_s: float) -> bytes:
-        """The body with `age_s` and `stale` spliced in before its closing brace (no re-serialising)."""
-        age = self.age_s()
-        tail = b',"age_s":%.3f,"stale":%s}' % (age, b"true" if age > stale_after_s else b"false")
-        return self.json_bytes[:-1] + tail
+    def is_stale(self, stale_after_s: float) -> bool:
+        return self.age_s() > stale_after_s
 
 
 class VramPoller:
