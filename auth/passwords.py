@@ -1,6 +1,8 @@
 """bcrypt: hash the administrator's password once, check login attempts against it."""
 from __future__ import annotations
 
+import os
+
 import bcrypt
 
 import concurrency
@@ -10,9 +12,10 @@ from errors import ServiceUnavailableError
 # bcrypt's cost: 2**12 rounds take ~250 ms, which is what makes guessing slow. Tests pass rounds=4.
 BCRYPT_ROUNDS = 12
 # Password checks run in threads of their own, never in run_in_thread's pool (eventlet's tpool),
-# where the poller's NVML reads would queue behind a flood of logins. Two threads use two cores;
-# 8 more wait (~1 s at cost 12); beyond that, or after waiting PASSWORD_CHECK_TIMEOUT_S, 503.
-PASSWORD_CHECK_WORKERS = 2
+# where the poller's NVML reads would queue behind a flood of logins. One thread per core but one
+# (1 to 4), so that the hub and NVML keep a core; 8 more wait (~1-2 s at cost 12); beyond that,
+# or after waiting PASSWORD_CHECK_TIMEOUT_S, 503 with Retry-After.
+PASSWORD_CHECK_WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))
 PASSWORD_CHECK_QUEUE = 8
 PASSWORD_CHECK_TIMEOUT_S = 10.0
 BUSY = "too many logins at once; retry in a moment"
