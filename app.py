@@ -149,11 +149,18 @@ def _serve(config: Config, app: Flask, services: Services, lifecycle: server.Lif
                   config.host, config.port, server.describe_listen_error(exc))
         return 1
     log.info("serving on http://%s:%d (Ollama at %s)", config.host, config.port, config.ollama_host)
+    fd_limit = server.raise_fd_limit()
+    max_connections = server.connection_cap(config.max_connections, fd_limit)
+    if max_connections < config.max_connections:
+        log.warning("at most %d connections, not DASHBOARD_MAX_CONNECTIONS=%d: the limit on open files is %d "
+                    "(raise LimitNOFILE / ulimit -n)", max_connections, config.max_connections, fd_limit)
     # The first NVML reading is taken in the background: the port is open even if the driver hangs.
     services.start_background_tasks()
     lifecycle.run(listener, app, on_stop=services.begin_shutdown,
-                  log_output=config.log_level == "DEBUG", max_connections=config.max_connections,
-                  refusal_headers=security.SECURITY_HEADERS)
+                  log_output=config.log_level == "DEBUG", max_connections=max_connections,
+                  refusal_headers=security.SECURITY_HEADERS, limits=server.ConnectionLimits(
+                      header_timeout_s=config.header_timeout_s, keepalive_timeout_s=config.keepalive_timeout_s,
+                      body_timeout_s=config.body_timeout_s, max_per_client=config.max_connections_per_client))
     log.info("shutting down")
     return 0
 

@@ -1,5 +1,5 @@
 """The async primitives (eventlet) behind one small seam: spawn, sleep, run in a real thread,
-Lock, Event, and the probe for a client that hung up.
+a bounded pool of real threads of its own, Lock, Event, and the probe for a client that hung up.
 
 Every other module but server.py (the HTTP server's lifecycle) goes through these; none imports
 eventlet. Moving to gevent or threading mode later is a change here, in server.py and in
@@ -7,11 +7,14 @@ ASYNC_MODE only. This module imports nothing of the web layer.
 """
 from __future__ import annotations
 
+import sys
 import time
+from collections import deque
 from typing import Any, Callable, TypeVar
 
 import eventlet
 import eventlet.event
+import eventlet.greenio
 import eventlet.tpool
 from eventlet.semaphore import Semaphore
 
@@ -41,6 +44,78 @@ def sleep(seconds: float) -> None:
 def run_in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking call (a C library, bcrypt) in a real OS thread without stalling the hub."""
     return eventlet.tpool.execute(fn, *args, **kwargs)
+
+
+class PoolBusyError(Exception):
+    """A BoundedThreadPool has as many calls running and waiting as it takes."""
+
+
+class PoolTimeoutError(Exception):
+    """A call to a BoundedThreadPool did not finish within its timeout (it may still run)."""
+
+
+class BoundedThreadPool:
+    """A few real OS threads of their own, for CPU-bound calls (bcrypt) that must not queue in
+    front of run_in_thread's (NVML reads): at most `workers` run and `queue_size` wait; beyond
+    that, a call is refused at once (PoolBusyError) rather than waiting unboundedly.
+
+    Not concurrent.futures.ThreadPoolExecutor: after monkey_patch() its threads would be green
+    ones, running the C call on the hub. The workers are the original threads; a finished call
+    wakes the hub as eventlet.tpool does, by a byte on a socket pair that a green thread reads.
+    Used from the hub's OS thread only (green threads), like every primitive here.
+    """
+
+    def __init__(self, workers: int, queue_size: int, name: str):
+        self.workers = workers
+        self.queue_size = queue_size
+        self.name = name
+        self.in_flight = 0  # running or waiting; changed by green threads only
+        self._jobs = None
+        self._done: deque = deque()  # (event, ok, value) from the workers; deque ops are thread-safe
+        self._wake_w = None
+
+    def _start(self) -> None:
+        threading = eventlet.patcher.original("threading")
+        queue = eventlet.patcher.original("queue")
+        socket = eventlet.patcher.original("socket")
+        self._jobs = queue.SimpleQueue()
+        read_end, self._wake_w = socket.socketpair()
+        wake_r = eventlet.greenio.GreenSocket(read_end)
+        for number in range(self.workers):
+            threading.Thread(target=self._work, name=f"{self.name}-{number}", daemon=True).start()
+        eventlet.spawn_n(self._deliver, wake_r)
+
+    def _work(self) -> None:  # in an OS thread
+        while True:
+            waiter, fn, args = self._jobs.get()
+            try:
+                self._done.append((waiter, True, fn(*args)))
+            except Exception:
+                self._done.append((waiter, False, sys.exc_info()[1]))
+            self._wake_w.sendall(b" ")
+
+    def _deliver(self, wake_r) -> None:  # a green thread
+        while wake_r.recv(4096):
+            while self._done:
+                waiter, ok, value = self._done.popleft()
+                # Counted until it ends, even when its caller stopped waiting (it held a thread).
+                self.in_flight -= 1
+                (waiter.send if ok else waiter.send_exception)(value)
+
+    def submit_and_wait(self, fn: Callable[..., T], *args: Any, timeout_s: float) -> T:
+        """Run fn(*args) in one of the pool's threads; wait greenly for its result (or its exception).
+
+        Raise PoolBusyError at once when the pool is full, PoolTimeoutError after `timeout_s`.
+        """
+        if self.in_flight >= self.workers + self.queue_size:
+            raise PoolBusyError(f"{self.name}: {self.in_flight} calls running or waiting")
+        if self._jobs is None:
+            self._start()
+        waiter = eventlet.event.Event()
+        self.in_flight += 1
+        self._jobs.put((waiter, fn, args))
+        with eventlet.Timeout(timeout_s, PoolTimeoutError(f"{self.name}: no result within {timeout_s:g} s")):
+            return waiter.wait()
 
 
 class Lock:

@@ -188,8 +188,28 @@ def _parse_database_url(raw: Any) -> str | None:
     return text
 
 
+
+def _parse_allowed_hosts(raw: Any) -> tuple[str, ...]:
+    """Return the Host names (or addresses) requests may name, lower-cased; `*` allows any.
+
+    >>> _parse_allowed_hosts("Dash.LAN, 192.168.1.5,[::1]")
+    ('dash.lan', '192.168.1.5', '::1')
+    """
+    hosts = []
+    for item in _items(raw):
+        host = item.lower().rstrip(".")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if host != "*" and not re.fullmatch(r"[a-z0-9_]([a-z0-9_.\-]*[a-z0-9_])?|[0-9a-f:.]+", host):
+            raise ValueError(f"{item!r} is not a host name or address (no port, no scheme)")
+        hosts.append(host)
+    return tuple(hosts)
+
+
+
 OllamaHost = Annotated[str, BeforeValidator(parse_ollama_host)]
 DatabaseUrl = Annotated[str | None, BeforeValidator(_parse_database_url)]
+AllowedHosts = Annotated[tuple[str, ...], BeforeValidator(_parse_allowed_hosts)]
 BindHost = Annotated[str, BeforeValidator(_parse_bind_host)]
 Registries = Annotated[tuple[str, ...], BeforeValidator(_parse_registries)]
 Origins = Annotated[tuple[str, ...], BeforeValidator(_parse_origins)]
@@ -236,6 +256,11 @@ class Config(BaseSettings):
     max_connections: int = Field(10000, alias="DASHBOARD_MAX_CONNECTIONS", ge=16)
     database_url: DatabaseUrl = Field(None, alias="DATABASE_URL", **_SECRET)
     audit_retention_days: int = Field(90, alias="AUDIT_RETENTION_DAYS", ge=1, le=36500)
+    max_connections_per_client: int = Field(256, alias="DASHBOARD_MAX_CONNECTIONS_PER_CLIENT", ge=1)
+    header_timeout_s: float = Field(10.0, alias="DASHBOARD_HEADER_TIMEOUT_SECONDS", gt=0, le=3600)
+    keepalive_timeout_s: float = Field(75.0, alias="DASHBOARD_KEEPALIVE_TIMEOUT_SECONDS", gt=0, le=3600)
+    body_timeout_s: float = Field(30.0, alias="DASHBOARD_BODY_TIMEOUT_SECONDS", gt=0, le=3600)
+    allowed_hosts: AllowedHosts = Field((), alias="DASHBOARD_ALLOWED_HOSTS")
 
     # Not variables: fixed by the contract, fields so that tests can change them.
     max_api_body_bytes: int = 1024 * 1024

@@ -87,6 +87,12 @@ class NvmlUnavailableError(ApiError):
     status = 503
 
 
+class ServiceUnavailableError(ApiError):
+    """The server cannot take this request now (say when with Retry-After)."""
+
+    status = 503
+
+
 def error_response(message: str, status: int, extra: dict[str, Any] | None = None,
                    headers: dict[str, str] | None = None):
     """Build the one JSON error shape: {"error": message, **extra}."""

@@ -9,11 +9,15 @@ import functools
 import json
 import logging
 import os
+import re
+import resource
 import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable
+from urllib.parse import quote
 
 import eventlet
 import eventlet.wsgi
@@ -29,6 +33,39 @@ STOP_GRACE_S = 2.0
 # A second signal this long after the first is a person insisting (a second Ctrl-C): stop now.
 # A repeat within it is the same request delivered twice (e.g. to the whole process group).
 INSIST_AFTER_S = 1.0
+# File descriptors kept free of client connections: the log, NVML, epoll, tpool's pipes, the
+# Ollama client's connections and files. A proxied stream holds two descriptors (client, Ollama).
+FD_HEADROOM = 128
+# accept() failing for want of descriptors or memory: wait (growing to the longest pause) and retry.
+_SHORTAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# accept() failing for one connection that went away before it was taken: take the next one.
+_LOST_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO})
+SHORTAGE_PAUSE_S = (0.1, 0.5)
+SHORTAGE_QUIET_S = 1.0
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How long a connection may take to send its request and stay idle, and how many one address holds.
+
+    header_timeout_s: the whole request head (request line and headers), counted from the
+        connection's opening, or on a kept-alive connection from the first byte of the request.
+    keepalive_timeout_s: the longest wait for the next request on a kept-alive connection.
+    body_timeout_s: the longest silence of a socket while a request is served (reading its body,
+        or a client that does not read its answer); upgraded websockets are exempt (Socket.IO's
+        pings keep them alive, and a quiet dashboard is not a dead one).
+    max_per_client: connections one client address may hold; the next is answered 503 and closed.
+    """
+
+    header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 75.0
+    body_timeout_s: float = 30.0
+    max_per_client: int = 256
+
+
+class _RequestHeadTimeout(Exception):
+    """The request head did not arrive within ConnectionLimits.header_timeout_s."""
 
 
 class _RequestPool(eventlet.GreenPool):
@@ -63,6 +100,86 @@ def _peer_closed(sock: socket.socket) -> bool:
         sock.settimeout(timeout)
 
 
+class _PatientListener:
+    """The listening socket, whose accept() waits out a shortage of file descriptors.
+
+    eventlet.wsgi.server lets any accept() error but a few leave its loop: EMFILE with every
+    descriptor in use would end the process. Here the connection waits in the kernel's backlog
+    until a descriptor is free. The shortage is logged once per episode: one that ends when
+    accept() has gone `quiet_s` without failing (a descriptor freed now and then does not end it).
+    """
+
+    def __init__(self, sock: socket.socket, pause_s: tuple[float, float] = SHORTAGE_PAUSE_S,
+                 quiet_s: float = SHORTAGE_QUIET_S):
+        self._sock = sock
+        self._pause_s = pause_s
+        self._quiet_s = quiet_s
+        self.short_since: float | None = None  # when the current episode began
+        self._last_failure = 0.0
+
+    def accept(self):
+        pause, longest = self._pause_s
+        while True:
+            try:
+                connection = self._sock.accept()
+            except OSError as exc:
+                if exc.errno in _LOST_ERRNOS:
+                    continue
+                if exc.errno not in _SHORTAGE_ERRNOS:
+                    raise
+                self._last_failure = time.monotonic()
+                if self.short_since is None:
+                    self.short_since = self._last_failure
+                    log.error("cannot accept connections: %s; new connections wait until one closes "
+                              "(raise LimitNOFILE / ulimit -n, or lower DASHBOARD_MAX_CONNECTIONS)",
+                              os.strerror(exc.errno))
+                concurrency.sleep(pause)
+                pause = min(pause * 2, longest)
+                continue
+            now = time.monotonic()
+            if self.short_since is not None and now - self._last_failure >= self._quiet_s:
+                log.warning("accepting connections again after %.1f s", self._last_failure - self.short_since)
+                self.short_since = None
+            return connection
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; return the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Linux refuses an infinite soft limit (fs.nr_open caps it); 2**20 is its default there.
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft
+    return target
+
+
+def connection_cap(max_connections: int, fd_limit: int) -> int:
+    """Return how many connections fit in `fd_limit` descriptors, at most `max_connections`."""
+    if fd_limit == resource.RLIM_INFINITY:
+        return max_connections
+    return max(1, min(max_connections, (fd_limit - FD_HEADROOM) // 2))
+
+
+def _redact_query(target: str) -> str:
+    """Return a request target for the access log: the path, and query parameters without values.
+
+    >>> _redact_query("/ollama/api/tags?token=s3cret&x")
+    '/ollama/api/tags?token=…&x=…'
+    """
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    names = [quote(part.partition("=")[0], safe="%") for part in query.split("&") if part]
+    return path + "?" + "&".join(f"{name}=…" for name in names)
+
+
 class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
     """eventlet's HTTP/1.1 protocol, answering the requests it refuses itself in the JSON error shape
     (and telling Werkzeug that a chunked body is safe to read).
@@ -71,13 +188,20 @@ class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
     bare, header-less 414/400 responses for an over-long URL or header, or a bad Content-Length.
     """
 
-    # Set by serve(): the headers every response carries (security.SECURITY_HEADERS).
+    # Set by serve(): the headers every response carries (security.SECURITY_HEADERS), the limits,
+    # and the count of open connections per client address (shared by the server's connections).
     refusal_headers: tuple[tuple[str, str], ...] = ()
+    limits: ConnectionLimits = ConnectionLimits()
+    connections_per_client: dict[str, int] = {}
 
-    def _refuse(self, code: int, reason: str, message: str) -> None:
+    _head_deadline: "eventlet.Timeout | None" = None
+    _requests_started = 0
+
+    def _refuse(self, code: int, reason: str, message: str, headers: Iterable[tuple[str, str]] = ()) -> None:
         body = json.dumps({"error": message}).encode()
         head = [f"HTTP/1.1 {code} {reason}", "Connection: close", "Content-Type: application/json",
-                f"Content-Length: {len(body)}", *(f"{name}: {value}" for name, value in self.refusal_headers)]
+                f"Content-Length: {len(body)}", *(f"{name}: {value}" for name, value in self.refusal_headers),
+                *(f"{name}: {value}" for name, value in headers)]
         try:
             self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
             self.wfile.flush()
@@ -85,12 +209,61 @@ class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
             pass  # the client is gone; nothing to tell it
         self.close_connection = 1
 
+    def _bad_request(self, message: str) -> bool:
+        self._refuse(400, "Bad Request", message)
+        return False
+
+    def handle(self):
+        """Serve the connection's requests, unless its address already holds its share of the pool."""
+        address = self.client_address[0] if isinstance(self.client_address, tuple) else str(self.client_address)
+        counts = self.connections_per_client
+        if counts.get(address, 0) >= self.limits.max_per_client:
+            self._refuse(503, "Service Unavailable",
+                         f"too many connections from this address (at most {self.limits.max_per_client})",
+                         [("Retry-After", "1")])
+            return
+        counts[address] = counts.get(address, 0) + 1
+        try:
+            super().handle()
+        finally:
+            counts[address] -= 1
+            if not counts[address]:
+                del counts[address]
+
+    def handle_one_request(self):
+        try:
+            super().handle_one_request()
+        except _RequestHeadTimeout:
+            self._refuse(408, "Request Timeout",
+                         f"the request head did not arrive within {self.limits.header_timeout_s:g} s")
+        finally:
+            self._end_head_deadline()
+
+    def _end_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
     def send_error(self, code, message=None, explain=None):
         """Refuse a request http.server could not parse (bad request line, unsupported version)."""
         reason = self.responses.get(code, ("Error",))[0]
         self._refuse(code, reason, message or reason)
 
     def _read_request_line(self):
+        if self._requests_started and not self.rfile.closed:
+            # Between two requests of a kept-alive connection: wait for the next one's first byte.
+            self.connection.settimeout(self.limits.keepalive_timeout_s)
+            try:
+                if not self.rfile.peek(1):
+                    return b""  # the client closed the connection
+            except OSError:  # the idle timeout, or a reset
+                return b""
+        self._requests_started += 1
+        # The whole head from here (from the connection's opening, for its first request): a client
+        # that sends it a byte at a time (slowloris), or never finishes it (a TLS ClientHello on
+        # this plain-HTTP port), does not keep the connection.
+        self._head_deadline = eventlet.Timeout(self.limits.header_timeout_s, _RequestHeadTimeout())
+        self.connection.settimeout(None)
         line = super()._read_request_line()
         if len(line) >= self.server.url_length_limit:
             self._refuse(414, "URI Too Long",
@@ -99,6 +272,8 @@ class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
         return line
 
     def get_environ(self):
+        # The head is complete: from here the app reads the body (if any) and answers.
+        self._end_head_deadline()
         environ = super().get_environ()
         if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
             # eventlet de-chunks the body and ends the stream where it ends. Saying so lets Werkzeug
@@ -107,6 +282,10 @@ class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
             environ["wsgi.input_terminated"] = True
         # http.server's `connection` is this request's socket: views ask whether its client left.
         environ[concurrency.CLIENT_GONE_PROBE] = functools.partial(_peer_closed, self.connection)
+        upgrade = environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+        # A socket silent this long while the request is served (an unfinished body, a client that
+        # stopped reading) ends the connection; a websocket lives on Socket.IO's own pings.
+        self.connection.settimeout(None if upgrade else self.limits.body_timeout_s)
         return environ
 
     def parse_request(self):
@@ -114,19 +293,41 @@ class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
             if not super().parse_request():
                 return False
         except eventlet.wsgi.HeaderLineTooLong:
-            self._refuse(400, "Bad Request", "a request header line is too long")
-            return False
+            return self._bad_request("a request header line is too long")
         except eventlet.wsgi.HeadersTooLarge:
-            self._refuse(400, "Bad Request", "the request headers are too large")
+            return self._bad_request("the request headers are too large")
+        return self._check_framing()
+
+    def _check_framing(self) -> bool:
+        """Refuse what two HTTP parsers could read differently (request smuggling): one reading only."""
+        words = self.requestline.split()
+        target = words[1] if len(words) >= 2 else ""
+        if not target.startswith("/"):
+            # Absolute-form (`GET http://host/x`) is for proxies; `*` is for OPTIONS of a proxy too.
+            return self._bad_request("the request target must be a path starting with /")
+        if target.startswith("//"):
+            # No route starts with an empty segment, but http.server and then Werkzeug both
+            # collapse leading slashes, so `//api/x` would be served as `/api/x`: answer what it is.
+            self._refuse(404, "Not Found", "not found")
             return False
-        length = self.headers.get("content-length")
-        if length is not None:
-            if not length.strip().isdigit():
-                self._refuse(400, "Bad Request", "invalid Content-Length header")
-                return False
-            if self.headers.get("transfer-encoding") is not None:
-                self._refuse(400, "Bad Request", "Content-Length and Transfer-Encoding are not allowed together")
-                return False
+        headers = self.headers
+        if headers.defects or any("\n" in value or "\r" in value for value in headers.values()):
+            # A line folded onto the previous one (obs-fold), or one that is not `name: value`.
+            return self._bad_request("malformed request headers (folded or not name: value)")
+        lengths = headers.get_all("content-length") or []
+        encodings = headers.get_all("transfer-encoding") or []
+        if len(lengths) > 1:
+            return self._bad_request("more than one Content-Length header")
+        if lengths and not _CONTENT_LENGTH.fullmatch(lengths[0].strip()):
+            return self._bad_request("invalid Content-Length header")
+        if encodings:
+            if lengths:
+                return self._bad_request("Content-Length and Transfer-Encoding are not allowed together")
+            if len(encodings) > 1 or encodings[0].strip().lower() != "chunked":
+                return self._bad_request("Transfer-Encoding must be exactly chunked")
+        # The access log (DEBUG) shows the path and the names of query parameters, never their
+        # values: a token in the query string (?token=) stays out of the log.
+        self.requestline = " ".join([words[0], _redact_query(target), *words[2:]])
         return True
 
 
@@ -143,11 +344,13 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(listener: socket.socket, app: Callable, *, log_output: bool, max_connections: int,
-          refusal_headers: Iterable[tuple[str, str]] = (), stop_grace_s: float = STOP_GRACE_S) -> None:
+          refusal_headers: Iterable[tuple[str, str]] = (), limits: ConnectionLimits = ConnectionLimits(),
+          stop_grace_s: float = STOP_GRACE_S) -> None:
     """Serve a WSGI app on a bound socket until the main green thread is interrupted."""
-    protocol = type("HttpProtocol", (_JsonErrorProtocol,), {"refusal_headers": tuple(refusal_headers)})
+    protocol = type("HttpProtocol", (_JsonErrorProtocol,), {
+        "refusal_headers": tuple(refusal_headers), "limits": limits, "connections_per_client": {}})
     # The pool's size lifts eventlet's default cap of 1,024 concurrent connections.
-    eventlet.wsgi.server(listener, app, log_output=log_output,
+    eventlet.wsgi.server(_PatientListener(listener), app, log_output=log_output,
                          # Flush streamed output at once (eventlet otherwise holds back 4 KiB).
                          minimum_chunk_size=1, custom_pool=_RequestPool(max_connections, stop_grace_s),
                          protocol=protocol)

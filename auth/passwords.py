@@ -1,12 +1,25 @@
 """bcrypt: hash the administrator's password once, check login attempts against it."""
 from __future__ import annotations
 
+import os
+
 import bcrypt
 
+import concurrency
 from config import Config
+from errors import ServiceUnavailableError
 
 # bcrypt's cost: 2**12 rounds take ~250 ms, which is what makes guessing slow. Tests pass rounds=4.
 BCRYPT_ROUNDS = 12
+# Password checks run in threads of their own, never in run_in_thread's pool (eventlet's tpool),
+# where the poller's NVML reads would queue behind a flood of logins. One thread per core but one
+# (1 to 4), so that the hub and NVML keep a core; 8 more wait (~1-2 s at cost 12); beyond that,
+# or after waiting PASSWORD_CHECK_TIMEOUT_S, 503 with Retry-After.
+PASSWORD_CHECK_WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))
+PASSWORD_CHECK_QUEUE = 8
+PASSWORD_CHECK_TIMEOUT_S = 10.0
+BUSY = "too many logins at once; retry in a moment"
+_POOL = concurrency.BoundedThreadPool(PASSWORD_CHECK_WORKERS, PASSWORD_CHECK_QUEUE, name="bcrypt")
 
 
 def hash_password(password: str, rounds: int | None = None) -> bytes:
@@ -22,6 +35,14 @@ def check_password(password: str, hashed: bytes) -> bool:
     except ValueError:
         # bcrypt 5 raises on passwords over 72 bytes; they can never match a valid password.
         return False
+
+
+def check_password_async(password: str, hashed: bytes) -> bool:
+    """check_password in the password-check threads, waiting greenly; 503 (Retry-After) when they are full."""
+    try:
+        return _POOL.submit_and_wait(check_password, password, hashed, timeout_s=PASSWORD_CHECK_TIMEOUT_S)
+    except (concurrency.PoolBusyError, concurrency.PoolTimeoutError):
+        raise ServiceUnavailableError(BUSY, headers={"Retry-After": "1"}) from None
 
 
 def admin_password_hash(config: Config, rounds: int | None = None) -> bytes:

@@ -9,7 +9,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 import audit
 import services as services_module
 from auth.credentials import current_principal, current_session
-from auth.passwords import check_password, hash_password_like, validate_password
+from auth.passwords import check_password_async, hash_password_like, validate_password
 from auth.permissions import ANY, OWN, public, require
 from auth.throttle import LoginThrottle
 from concurrency import run_in_thread
@@ -47,7 +47,7 @@ def login():
             user = None  # names are unique ignoring case, but a login spells its name exactly
         hashed = user.password_hash if user is not None else _dummy_hash()
         # Always run bcrypt (in a real thread: ~250 ms at cost 12 would stall every connection).
-        password_ok = run_in_thread(check_password, password, hashed)
+        password_ok = check_password_async(password, hashed)  # its own pool: never delays NVML reads
         if user is None or user.disabled or not password_ok:
             attempt.failed()
             log.info("failed login attempt")
@@ -99,7 +99,7 @@ def change_password():
     principal = current_principal()
     accounts = services_module.current().accounts
     user = accounts.user_by_id(principal.user_id)
-    if user is None or not run_in_thread(check_password, current, user.password_hash):
+    if user is None or not check_password_async(current, user.password_hash):
         audit.record("password_change", target=principal.username, success=False, detail="wrong current password")
         raise UnauthorizedError("the current password is wrong")
     if user.source == "environment":

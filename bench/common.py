@@ -172,6 +172,9 @@ def server_environment(workdir: Path, port: int, nvml: FakeNvml | None, *, ollam
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
         "LD_LIBRARY_PATH": "",
+        # Every load client connects from 127.0.0.1: the per-address cap (256) would refuse the
+        # fan-out's thousands of websockets.
+        "DASHBOARD_MAX_CONNECTIONS_PER_CLIENT": "100000",
     })
     if nvml is not None:
         env.update(nvml.env())

@@ -85,13 +85,16 @@ def server_env(tmp_path: Path, *, port: int, nvml_lib_dir: Path | None = None,
 
 
 def start_server(tmp_path: Path, *, env: dict[str, str] | None = None, wait: bool = True,
-                 **env_kwargs) -> LiveServer:
-    """Start `python app.py` in tmp_path (so no developer .env is read) and wait for /health."""
+                 command_prefix: tuple[str, ...] = (), **env_kwargs) -> LiveServer:
+    """Start `python app.py` in tmp_path (so no developer .env is read) and wait for /health.
+
+    `command_prefix` runs it through another command, e.g. a shell that sets `ulimit` first.
+    """
     port = int((env or {}).get("DASHBOARD_PORT") or free_port())
     full_env = env if env is not None else server_env(tmp_path, port=port, **env_kwargs)
     log_path = tmp_path / f"server-{port}.log"
     log_file = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=tmp_path, env=full_env,
+    proc = subprocess.Popen([*command_prefix, sys.executable, str(REPO / "app.py")], cwd=tmp_path, env=full_env,
                             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log_file.close()
     server = LiveServer(url=f"http://127.0.0.1:{port}", port=port, proc=proc, log_path=log_path)

@@ -200,15 +200,16 @@ def test_server_refuses_to_start_with_bad_config(tmp_path):
     assert "Traceback" not in result.stderr + result.stdout
 
 
-# The variables of the contract's "Running" table that exist today, plus DASHBOARD_MAX_CONNECTIONS
-# (not in the table; it caps the HTTP server's connections).
+# The variables of the contract's "Running" table that exist today, plus the HTTP server's limits
+# (not in the table: DASHBOARD_MAX_CONNECTIONS and the five after it, README "Security limits").
 CONTRACT_VARIABLES = [
     "DASHBOARD_AUTH_USERNAME", "DASHBOARD_AUTH_PASSWORD", "DASHBOARD_AUTH_PASSWORD_HASH", "SESSION_EXPIRY_HOURS",
     "DASHBOARD_HOST", "DASHBOARD_PORT", "DASHBOARD_DATA_DIR", "OLLAMA_HOST", "OLLAMA_ALLOWED_REGISTRIES",
     "OLLAMA_LOAD_KEEP_ALIVE", "VRAM_POLL_INTERVAL_SECONDS", "PROXY_AUTH_ENABLED", "PROXY_AUTH_TOKEN",
     "MAX_PROXY_REQUEST_SIZE", "PROXY_TIMEOUT_SECONDS", "CORS_ALLOWED_ORIGINS", "LOG_LEVEL",
     "DATABASE_URL", "AUDIT_RETENTION_DAYS",
-    "DASHBOARD_MAX_CONNECTIONS",
+    "DASHBOARD_MAX_CONNECTIONS", "DASHBOARD_MAX_CONNECTIONS_PER_CLIENT", "DASHBOARD_HEADER_TIMEOUT_SECONDS",
+    "DASHBOARD_KEEPALIVE_TIMEOUT_SECONDS", "DASHBOARD_BODY_TIMEOUT_SECONDS", "DASHBOARD_ALLOWED_HOSTS",
 ]
 
 

@@ -109,6 +109,7 @@ def test_status_is_the_latest_snapshot(client, auth, services):
     assert response.status_code == 200
     body = response.get_json()
     assert list(body) == ["gpu", "gpus", "processes", "driver_version", "timestamp"]
+    assert 0 <= float(response.headers["X-Reading-Age"]) < 2 and response.headers["X-Reading-Stale"] == "false"
     assert body["gpu"] == {"index": 0, "name": "NVIDIA GeForce RTX 4090", "uuid": "GPU-0", "total_mb": 24564,
                            "used_mb": 6144, "free_mb": 18420, "utilization": 37, "memory_utilization": 12,
                            "temperature_c": 51, "power_w": 123.0}

@@ -18,6 +18,8 @@ HISTORY_MAX_SAMPLES = 36_000
 # A request that arrives before the first reading (the port opens before NVML answers) waits this
 # long for it, then is told to retry.
 FIRST_READING_WAIT_S = 2.0
+# A reading older than this many poll intervals is stale: the driver has stopped answering in time.
+STALE_AFTER_INTERVALS = 3
 
 
 class SnapshotReader(Protocol):
@@ -33,6 +35,13 @@ class PolledSnapshot:
     snapshot: VramSnapshot
     body: dict[str, Any]
     json_bytes: bytes
+    taken_at: float = 0.0  # concurrency.monotonic() when the reading was stored
+
+    def age_s(self) -> float:
+        return max(0.0, concurrency.monotonic() - self.taken_at)
+
+    def is_stale(self, stale_after_s: float) -> bool:
+        return self.age_s() > stale_after_s
 
 
 class VramPoller:
@@ -76,7 +85,8 @@ class VramPoller:
         if self._annotate is not None and snapshot.available:
             snapshot = self._annotate(snapshot)
         body = snapshot.to_dict()
-        polled = PolledSnapshot(snapshot, body, json.dumps(body, separators=(",", ":")).encode())
+        polled = PolledSnapshot(snapshot, body, json.dumps(body, separators=(",", ":")).encode(),
+                                taken_at=concurrency.monotonic())
         sample = (snapshot.timestamp, tuple(
             (gpu.index, gpu.used_mb, gpu.total_mb, gpu.utilization) for gpu in snapshot.gpus))
         with self._lock:
@@ -100,6 +110,10 @@ class VramPoller:
                 for index, used, total, util in gpus]}
             for ts, gpus in samples
         ]
+
+    @property
+    def stale_after_s(self) -> float:
+        return STALE_AFTER_INTERVALS * self.interval_s
 
     @property
     def history_capacity(self) -> int:

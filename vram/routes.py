@@ -21,8 +21,13 @@ def status():
         raise NvmlUnavailableError(NO_READING_YET, extra=empty, headers={"Retry-After": "1"})
     if not polled.snapshot.available:
         raise NvmlUnavailableError(polled.snapshot.error or "NVML unavailable", extra=empty)
-    # The body was serialised once when the poller took the reading; requests only copy bytes.
-    return Response(polled.json_bytes, mimetype="application/json")
+    # The body was serialised once when the poller took the reading (and is what vram_update
+    # carried); its age goes in headers: seconds since it was taken, and whether that is more
+    # than 3 poll intervals (the driver stopped answering in time).
+    age_s = polled.age_s()
+    stale = age_s > services.current().poller.stale_after_s
+    return Response(polled.json_bytes, mimetype="application/json",
+                    headers={"X-Reading-Age": f"{age_s:.3f}", "X-Reading-Stale": "true" if stale else "false"})
 
 
 @bp.get("/history")
