@@ -186,22 +186,6 @@ def client_gone_probe(environ: dict[str, Any]) -> Callable[[], bool] | None:
     return environ.get(CLIENT_GONE_PROBE)
 
 
-def _peer_closed(sock: socket.socket) -> bool:
-    """Return whether the peer has closed `sock` (end-of-stream or reset), without waiting or reading."""
-    # eventlet's GreenSocket answers a would-block receive by waiting, MSG_DONTWAIT or not; set
-    # non-blocking through the socket API it passes the receive straight through.
-    timeout = sock.gettimeout()
-    sock.setblocking(False)
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False  # nothing sent, still open
-    except OSError:
-        return True   # reset, or closed under us
-    finally:
-        sock.settimeout(timeout)
-
-
 def monotonic() -> float:
     return time.monotonic()
 
