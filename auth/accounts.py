@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
 import concurrency
@@ -227,10 +228,8 @@ class Accounts:
 
         try:
             return self._db.run(work)
-        except Exception as exc:
-            if isinstance(exc, DuplicateUserError) or "UNIQUE" in str(exc).upper():
-                raise DuplicateUserError(username) from None
-            raise
+        except IntegrityError:  # the same name created at the same moment by another request
+            raise DuplicateUserError(username) from None
 
     def update_user(self, user_id: int, *, role: str | None = None, password_hash: bytes | None = None,
                     disabled: bool | None = None, keep_session_sha256: str | None = None,

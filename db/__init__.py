@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 import concurrency
@@ -79,7 +79,9 @@ class Database:
         """Run `work(session)` in one transaction in a real thread; commit, or roll back on error."""
         try:
             return concurrency.run_in_thread(self._run_locked, work)
-        except DBAPIError as exc:
+        except IntegrityError:
+            raise  # a conflict in the data (a taken name), for the caller to answer
+        except (DBAPIError, SQLAlchemyError) as exc:  # locked, gone, broken, pool exhausted
             raise self.unavailable(exc) from None
 
     def _run_locked(self, work: Callable[[Session], T]) -> T:
