@@ -31,6 +31,8 @@ def create_key():
     elif not set(scopes) <= set(allowed):
         raise BadRequestError(f"field scopes: your role ({principal.role}) allows only {', '.join(allowed)}")
     days = body.get("expires_in_days")
+    if isinstance(days, float) and days.is_integer():
+        days = int(days)  # JSON does not tell 30 from 30.0; both are a whole number of days
     if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650):
         raise BadRequestError("field expires_in_days must be a whole number from 1 to 3650")
     accounts = services_module.current().accounts

@@ -20,6 +20,12 @@ const LOGIN = "POST /api/auth/login";
 // Run last, in this order: each needs the one before (a download to cancel, nothing running
 // to delete), and logout ends the token the others use.
 const LAST = [
+  // A user made, changed and deleted again; a key made and revoked (its id kept from the answer).
+  "POST /api/users",
+  "PATCH /api/users/{username}",
+  "DELETE /api/users/{username}",
+  "POST /api/keys",
+  "DELETE /api/keys/{key_id}",
   "POST /api/models/ollama/download",
   "GET /api/models/ollama/downloads",
   "POST /api/models/ollama/download/cancel",
@@ -30,6 +36,21 @@ const LAST = [
 const ALSO_EXPECTED = {
   // The download just started may already have finished: then no download runs, a 404.
   "POST /api/models/ollama/download/cancel": [404],
+  // The bootstrap administrator's password comes from the environment: 409, nothing changed.
+  // (Any other user sets the password it has, which ends its other sessions only.)
+  "POST /api/auth/password": [409],
+};
+// Request bodies that use the environment's variables instead of the document's example.
+const BODIES = {
+  "POST /api/auth/password": { current_password: "{{password}}", new_password: "{{password}}" },
+};
+// Path variables taken from an earlier answer: operation -> {variable: "{{collection variable}}"}.
+const PATH_VARIABLES = {
+  "DELETE /api/keys/{key_id}": { key_id: "{{keyId}}" },
+};
+// Collection variables set from a successful answer: operation -> [variable, field of the body].
+const CAPTURE = {
+  "POST /api/keys": ["keyId", "id"],
 };
 // Schema keywords that only document (and that the sandbox's validator may not know).
 const ANNOTATIONS = new Set(["examples", "example", "description", "format", "summary", "title"]);
@@ -86,6 +107,7 @@ function shape(converted, doc) {
     variable: [
       { key: "baseUrl", value: "http://127.0.0.1:5000", type: "string" },
       { key: "token", value: "", type: "string" },
+      { key: "keyId", value: "", type: "string" },
     ],
     item: requests.map((r) => r.item),
   };
@@ -121,8 +143,14 @@ function request(item, key, { operation }, doc) {
     }
   }
   const body = operation.requestBody && operation.requestBody.content["application/json"];
+  for (const entry of req.url.variable || []) {
+    const value = (PATH_VARIABLES[key] || {})[entry.key];
+    if (value !== undefined) entry.value = value;
+  }
   if (key === LOGIN) {
     req.body = raw({ username: "{{username}}", password: "{{password}}" });
+  } else if (BODIES[key]) {
+    req.body = raw(BODIES[key]);
   } else if (body && body.example !== undefined) {
     req.body = raw(body.example);
   }
@@ -178,6 +206,12 @@ function testScript(key, operation, doc) {
   if (key === LOGIN) {
     lines.push(`if (pm.response.code === 200) {`,
       `  pm.collectionVariables.set("token", pm.response.json().token);  // for every request after this one`,
+      `}`);
+  }
+  if (CAPTURE[key]) {
+    const [variable, field] = CAPTURE[key];
+    lines.push(`if (pm.response.code >= 200 && pm.response.code < 300) {`,
+      `  pm.collectionVariables.set(${JSON.stringify(variable)}, pm.response.json()[${JSON.stringify(field)}]);`,
       `}`);
   }
   return lines;

@@ -14,6 +14,8 @@ from usage.log import GROUPS
 
 bp = Blueprint("usage", __name__, url_prefix="/api/usage")
 DEFAULT_DAYS = 7
+MIN_TIME = datetime(1, 1, 1, tzinfo=timezone.utc).timestamp()
+MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
 
 
 def _time(name: str, default: float) -> float:
@@ -26,7 +28,11 @@ def _time(name: str, default: float) -> float:
         raise BadRequestError(f"{name} must be an ISO 8601 time, e.g. 2026-01-31T00:00:00Z") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+    timestamp = parsed.timestamp()
+    # An offset can carry a time past year 9999 or before year 1 in UTC, which the answer cannot name.
+    if not MIN_TIME <= timestamp <= MAX_TIME:
+        raise BadRequestError(f"{name} must be between 0001-01-01 and 9999-12-31 (UTC)")
+    return timestamp
 
 
 @bp.get("")
@@ -34,7 +40,7 @@ def _time(name: str, default: float) -> float:
 def usage():
     now = time.time()
     until = _time("until", now)
-    since = _time("since", until - DEFAULT_DAYS * 86400.0)
+    since = _time("since", max(until - DEFAULT_DAYS * 86400.0, MIN_TIME))
     if since > until:
         raise BadRequestError("since must not be after until")
     group_by = request.args.get("group_by", "user")

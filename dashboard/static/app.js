@@ -1,4 +1,5 @@
-// VRAM Dashboard: log in, then show live GPU readings and manage Ollama models.
+// VRAM Dashboard: log in, then show live GPU readings and manage Ollama models; usage, API keys,
+// your password, and for administrators users and the audit log, each a page (hash routing).
 // Plain ES modules served as they are: no build step, nothing fetched from outside this server.
 import {io} from './vendor/socket.io-client/socket.io.esm.min.js';
 import {ApiError, get, onUnauthorized, post, setToken, token} from './js/api.js';
@@ -6,10 +7,23 @@ import {MAX_POINTS, VramChart, WINDOW_S} from './js/chart.js';
 import {$, announce, setText} from './js/dom.js';
 import {GpuPanel} from './js/gpu.js';
 import {ModelsPanel} from './js/models.js';
+import {AccountPage} from './js/account.js';
+import {AuditPage} from './js/audit.js';
+import {KeysPage} from './js/keys.js';
+import {Pages} from './js/pages.js';
+import {canManageModels} from './js/roles.js';
+import {UsagePage} from './js/usage.js';
+import {UsersPage} from './js/users.js';
 
 const gpus = new GpuPanel();
 const chart = new VramChart();
 const models = new ModelsPanel();
+const users = new UsersPage();
+const keys = new KeysPage();
+const audit = new AuditPage();
+const usage = new UsagePage();
+const account = new AccountPage();
+const pages = new Pages({users, keys, audit, usage, account});
 let socket = null;
 let live = false;
 let generation = 0;  // bumped by every start and stop, so a stale start gives up
@@ -18,7 +32,8 @@ let generation = 0;  // bumped by every start and stop, so a stale start gives u
 
 function showLogin(message = '') {
   stopLive();
-  $('dashboard-view').hidden = true;
+  pages.stop();
+  for (const page of [users, keys, audit, usage, account]) page.reset();
   $('session-bar').hidden = true;
   $('login-view').hidden = false;
   const error = $('login-error');
@@ -28,11 +43,19 @@ function showLogin(message = '') {
   $('login-username').focus();
 }
 
-function showDashboard(username) {
+/** Signed in: name and role in the top bar, and only the controls the role may use. */
+function showDashboard(username, role) {
   $('login-view').hidden = true;
-  $('dashboard-view').hidden = false;
   $('session-bar').hidden = false;
   setText($('user-name'), username);
+  setText($('user-role'), role);
+  $('user-role').dataset.role = role;
+  models.setCanManage(canManageModels(role));
+  users.setMe(username);
+  keys.setRole(role);
+  usage.setRole(role);
+  account.setUser(username, role);
+  pages.start(role);
   document.title = 'VRAM Dashboard';
   startLive();
 }
@@ -64,7 +87,7 @@ $('login-form').addEventListener('submit', async (event) => {
     const session = await post('/api/auth/login', {username, password});
     setToken(session.token);
     $('login-password').value = '';
-    showDashboard(session.username);
+    showDashboard(session.username, session.role);
     $('main').focus();
   } catch (failure) {
     let message = failure.message;
@@ -190,7 +213,7 @@ async function boot() {
   }
   try {
     const me = await get('/api/auth/me');
-    showDashboard(me.username);
+    showDashboard(me.username, me.role);
   } catch (failure) {
     if (failure.status === 401) return;  // onUnauthorized has shown the login page
     showLogin(failure.message);

@@ -126,8 +126,8 @@ def log_in(page, server: LiveServer) -> None:
     """Log in through the form and wait for the live dashboard."""
     from playwright.sync_api import expect
 
-    page.get_by_label("User name").fill(server.username)
-    page.get_by_label("Password").fill(server.password)
+    page.locator("#login-form").get_by_label("User name").fill(server.username)
+    page.locator("#login-form").get_by_label("Password").fill(server.password)
     page.get_by_role("button", name="Log in").click()
     expect(page.locator("#dashboard-view")).to_be_visible()
     expect(page.locator("#live-status")).to_have_attribute("data-state", "live")

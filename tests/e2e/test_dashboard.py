@@ -41,8 +41,8 @@ def loaded_row(page, name: str):
 
 def test_login_rejects_a_wrong_password_then_shows_both_gpus(page, server):
     expect(page.get_by_role("heading", name="Log in")).to_be_visible()
-    page.get_by_label("User name").fill(server.username)
-    page.get_by_label("Password").fill("not-the-password")
+    page.locator("#login-form").get_by_label("User name").fill(server.username)
+    page.locator("#login-form").get_by_label("Password").fill("not-the-password")
     page.get_by_role("button", name="Log in").click()
     expect(page.locator("#login-error")).to_have_text("invalid username or password")
     expect(page.locator("#dashboard-view")).to_be_hidden()

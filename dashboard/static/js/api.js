@@ -44,8 +44,11 @@ export function token() {
   return currentToken;
 }
 
-/** Send a request; resolve with the JSON body of a 2xx answer, else reject with ApiError. */
-export async function api(path, {method = 'GET', body, signal} = {}) {
+/**
+ * Send a request; resolve with the JSON body of a 2xx answer, else reject with ApiError.
+ * `keepSession`: a 401 here means something else than an ended session (a wrong current password).
+ */
+export async function api(path, {method = 'GET', body, signal, keepSession = false} = {}) {
   const headers = {Accept: 'application/json'};
   const sentToken = currentToken;
   if (sentToken) headers.Authorization = `Bearer ${sentToken}`;
@@ -69,7 +72,7 @@ export async function api(path, {method = 'GET', body, signal} = {}) {
   if (response.ok) return data;
   const message = (data && typeof data.error === 'string' && data.error)
     || `The server answered ${response.status} ${response.statusText}`.trim();
-  if (response.status === 401 && sentToken && sentToken === currentToken) {
+  if (response.status === 401 && !keepSession && sentToken && sentToken === currentToken) {
     unauthorizedHandler(message);
   }
   throw new ApiError(response.status, message, data, response);
@@ -77,3 +80,5 @@ export async function api(path, {method = 'GET', body, signal} = {}) {
 
 export const get = (path, options) => api(path, {...options, method: 'GET'});
 export const post = (path, body, options) => api(path, {...options, method: 'POST', body: body ?? {}});
+export const patch = (path, body, options) => api(path, {...options, method: 'PATCH', body: body ?? {}});
+export const del = (path, options) => api(path, {...options, method: 'DELETE'});

@@ -41,6 +41,7 @@ export class ModelsPanel {
     this.followUp = null;
     this.available = [];
     this.loaded = [];
+    this.canManage = true;     // may load, unload, download, cancel and delete (operator, admin)
 
     this.form.addEventListener('submit', (event) => {
       event.preventDefault();
@@ -48,6 +49,17 @@ export class ModelsPanel {
     });
     $('models-refresh').addEventListener('click', () => this.refresh({announceDone: true}));
     $('download-check').addEventListener('click', () => this.checkDownloadFit());
+  }
+
+  /** Show the model operations only to a role that may use them (a viewer sees none). */
+  setCanManage(allowed) {
+    this.canManage = Boolean(allowed);
+    this.submit.hidden = !this.canManage;
+    this.submit.disabled = !this.canManage;
+    for (const {job, view} of this.jobs.values()) this.paint({job, view});
+    if (!this.canManage) this.fitPrompt.replaceChildren();
+    this.renderAvailable();
+    this.renderLoaded();
   }
 
   start() {
@@ -189,6 +201,7 @@ export class ModelsPanel {
   }
 
   actionButton(action, name, label, variant, disabled = false) {
+    if (!this.canManage) return null;  // absent, not failing: the role may not use it
     const busy = this.busy.has(`${action}:${name}`);
     return h('button', {
       type: 'button', class: `button small ${variant}`, dataset: {action, model: name},
@@ -330,6 +343,7 @@ export class ModelsPanel {
   }
 
   async startDownload() {
+    if (!this.canManage) return;
     const name = this.nameInput.value.trim();
     setText(this.downloadError, '');
     this.nameInput.removeAttribute('aria-invalid');
@@ -486,7 +500,7 @@ export class ModelsPanel {
       ? `${formatBytes(job.completed_bytes || 0)} of ${formatBytes(job.total_bytes)}`
       : (job.completed_bytes ? formatBytes(job.completed_bytes) : ''));
     const running = !FINISHED.has(status);
-    view.cancel.hidden = !running;
+    view.cancel.hidden = !running || !this.canManage;
     const errorText = status === 'error' ? job.error : job.actionError;
     setText(view.error, errorText ? `Error: ${errorText}` : '');
     view.error.hidden = !errorText;
