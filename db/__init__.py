@@ -8,7 +8,6 @@ block in C, so every unit of work runs in a real OS thread through the async sea
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 

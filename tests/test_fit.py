@@ -6,7 +6,6 @@ GGUF blobs over HTTPS (a self-signed certificate trusted through SSL_CERT_FILE).
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os

@@ -11,18 +11,10 @@ import pytest
 import requests
 import socketio
 
-from tests.fakes.fake_nvml import FakeNvml, two_gpus
+from tests.fakes.fake_nvml import two_gpus
 from tests.live import start_server, wait_for
 
 pytestmark = pytest.mark.live
-
-
-@pytest.fixture
-def live_nvml(fake_nvml_lib, tmp_path):
-    """A scenario file for the server's own copy of the fake library (two GPUs)."""
-    fake = FakeNvml(tmp_path / "scenario.txt", lib_path=fake_nvml_lib)
-    fake.apply(two_gpus())
-    return fake
 
 
 @pytest.fixture

@@ -9,17 +9,9 @@ import time
 import pytest
 import requests
 
-from tests.fakes.fake_nvml import FakeNvml, two_gpus
 from tests.live import REPO, free_port, server_env, start_server, wait_for
 
 pytestmark = pytest.mark.live
-
-
-@pytest.fixture
-def live_nvml(fake_nvml_lib, tmp_path):
-    fake = FakeNvml(tmp_path / "scenario.txt", lib_path=fake_nvml_lib)
-    fake.apply(two_gpus())
-    return fake
 
 
 def _port_open(port: int) -> bool:

@@ -5,8 +5,7 @@ import pytest
 
 import concurrency
 from vram.poller import VramPoller
-from tests.fakes.scripted_reader import GPU0, GPU1_LOST, PROC, UNAVAILABLE, ScriptedReader, reading
-from vram.snapshot import GpuSnapshot, ProcessSnapshot, VramSnapshot
+from tests.fakes.scripted_reader import GPU0, GPU1_LOST, UNAVAILABLE, ScriptedReader, reading
 
 
 @pytest.fixture

@@ -7,12 +7,7 @@ import time
 import pytest
 import requests
 
-try:
-    from playwright.sync_api import expect
-except ImportError:
-    if os.environ.get("CI"):
-        raise  # on CI the browser tests must run
-    pytest.skip("Playwright for Python is not installed (pip install playwright)", allow_module_level=True)
+from playwright.sync_api import expect
 
 from tests.e2e.conftest import ARTIFACTS, VIEWPORT, api_get, api_token, log_in  # noqa: E402
 from tests.fakes.fake_nvml import MIB, two_gpus  # noqa: E402

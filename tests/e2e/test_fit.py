@@ -12,18 +12,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-try:
-    from playwright.sync_api import expect
-except ImportError:
-    if os.environ.get("CI"):
-        raise  # on CI the browser tests must run
-    pytest.skip("Playwright for Python is not installed (pip install playwright)", allow_module_level=True)
+from playwright.sync_api import expect
 
 from tests.e2e.conftest import api_get, api_token  # noqa: E402
 from tests.fakes.fake_nvml import MIB, FakeGpu, FakeProcess, Scenario, two_gpus  # noqa: E402

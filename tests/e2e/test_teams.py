@@ -2,18 +2,12 @@
 from __future__ import annotations
 
 import itertools
-import os
 import re
 
 import pytest
 import requests
 
-try:
-    from playwright.sync_api import expect
-except ImportError:
-    if os.environ.get("CI"):
-        raise  # on CI the browser tests must run
-    pytest.skip("Playwright for Python is not installed (pip install playwright)", allow_module_level=True)
+from playwright.sync_api import expect
 
 from tests.e2e.conftest import api_get, api_token  # noqa: E402
 from tests.live import LiveServer, wait_until  # noqa: E402

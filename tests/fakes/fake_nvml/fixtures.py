@@ -33,3 +33,13 @@ def fake_nvml(fake_nvml_lib, tmp_path, monkeypatch):
     lib.fake_nvml_set_scenario_path(None)
     lib.fake_nvml_reset()
     uninstall_in_process(previous)
+
+
+@pytest.fixture
+def live_nvml(fake_nvml_lib, tmp_path) -> FakeNvml:
+    """A scenario file (two GPUs) for a `python app.py` subprocess's own copy of the fake library."""
+    from tests.fakes.fake_nvml import two_gpus
+
+    fake = FakeNvml(tmp_path / "scenario.txt", lib_path=fake_nvml_lib)
+    fake.apply(two_gpus())
+    return fake
