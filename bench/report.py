@@ -172,16 +172,18 @@ def rest_section(x: dict[str, Any], r) -> str:
 `wrk -t1 -c{x['connections']} -d{x['duration_s']}s --latency` pinned to the load core against one server; per
 repetition ({x.get('repetitions', r.get('repetitions'))} of them, short and interleaved so that bursts of load from other
 processes hit both sides alike) `/health` and `/api/vram/status` (with a bearer token) back to back, in
-alternating order. Target: status ≥ {x['target_ratio']}× health in req/s. "CPU ratio" is health's server CPU time per
+alternating order, both with `Accept-Encoding: gzip, deflate` as browsers send it: the status body is then
+the gzip body the poller's snapshot builds once a poll, on the first request that accepts it ("on the wire"
+is its size), and a client that sends the poll's `ETag` back in `If-None-Match` gets a 304. Target: status ≥ {x['target_ratio']}× health in req/s. "CPU ratio" is health's server CPU time per
 request over status's: it ignores time spent waiting (on the shared CPU, or on the network), so it is the
 noise-free half of the picture. The server sets `TCP_NODELAY` on its listening socket (`server.listen`),
 so a large body's second `send()` no longer waits for the client's delayed ACK.
 
-| snapshot | body | health req/s | status req/s | ratio | CPU ratio | health / status CPU µs per request | health / status p50 ms | runqueue wait | verdict |
+| snapshot | body / on the wire | health req/s | status req/s | ratio | CPU ratio | health / status CPU µs per request | health / status p50 ms | runqueue wait | verdict |
 |---|---|---|---|---|---|---|---|---|---|"""]
     for s in x["scenarios"]:
         lines.append(
-            f"| {s['scenario']} | {s['status_body_bytes'] / 1000:.1f} KB "
+            f"| {s['scenario']} | {s['status_body_bytes'] / 1000:.1f} KB / {s.get('status_wire_bytes', s['status_body_bytes']) / 1000:.1f} KB "
             f"| {f(s['health_rps'], 0)} | {f(s['status_rps'], 0)} | **{f(s['ratio'], 2)}** | {f(s.get('cpu_ratio'), 2)} "
             f"| {m(s.get('health_cpu_us_per_request'), 0)} / {m(s.get('status_cpu_us_per_request'), 0)} "
             f"| {m(s['health_p50_ms'], 2)} / {m(s['status_p50_ms'], 2)} "

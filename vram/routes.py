@@ -19,8 +19,33 @@ def status():
         raise NvmlUnavailableError(NO_READING_YET, extra=empty, headers={"Retry-After": "1"})
     if not polled.snapshot.available:
         raise NvmlUnavailableError(polled.snapshot.error or "NVML unavailable", extra=empty)
-    # The body was serialised once when the poller took the reading; requests only copy bytes.
-    return Response(polled.json_bytes, mimetype="application/json")
+    # The body was serialised (and, on first demand, compressed) once when the poller took the
+    # reading; requests only copy bytes, or answer 304 when the client already holds this poll.
+    return snapshot_response(polled)
+
+
+def snapshot_response(polled) -> Response:
+    """Answer with a poll's prepared body: 304 if the client has it, gzip if it accepts that."""
+    headers = {"ETag": polled.etag, "Vary": "Accept-Encoding", "Cache-Control": "no-cache"}
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None and _matches(if_none_match, polled.etag):
+        response = Response(status=304, headers=headers)
+        response.headers.remove("Content-Type")  # a 304 has no body to describe
+        return response
+    accept = request.headers.get("Accept-Encoding", "")
+    # The substring test keeps the common identity request free of header parsing; Werkzeug's
+    # parser then honours "gzip;q=0".
+    if "gzip" in accept and request.accept_encodings["gzip"] > 0:
+        headers["Content-Encoding"] = "gzip"
+        return Response(polled.gzip_bytes, mimetype="application/json", headers=headers)
+    return Response(polled.json_bytes, mimetype="application/json", headers=headers)
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    """Whether an If-None-Match header names `etag` (weak comparison, as RFC 9110 asks for GET)."""
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
 
 
 @bp.get("/history")
