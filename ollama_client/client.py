@@ -17,10 +17,11 @@ import contextlib
 import errno
 import functools
 import http.client
+import io
 import json
 import logging
 import socket
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import urllib3
 from urllib3.util import parse_url
@@ -302,6 +303,41 @@ def iter_body(response: Response, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterat
     # connection to the pool once the body has been read to its end.
     while data := response.read1(chunk_bytes):
         yield data
+
+
+def arrived_probe(response: Response) -> Callable[[], bool] | None:
+    """Return a callable that tells whether more of `response`'s body can be read without waiting.
+
+    The proxy joins what has already arrived into one downstream write. http.client hands a
+    chunked body back one chunk (one NDJSON line) at a time, though one receive often brought many;
+    whether more is there is a question for the response's buffered reader and its socket, which
+    urllib3 and http.client keep to themselves. This is the one place that reaches for them; it
+    checks their shapes and answers None (relay chunk by chunk) when they are not as expected.
+    """
+    connection = getattr(response, "connection", None)
+    sock = getattr(connection, "sock", None)
+    buffered = getattr(getattr(response, "_fp", None), "fp", None)
+    if not (isinstance(buffered, io.BufferedReader) and hasattr(sock, "settimeout")
+            and hasattr(sock, "gettimeout") and hasattr(sock, "fileno")):
+        return None
+
+    def more_arrived() -> bool:
+        # peek() returns what the reader holds without a receive; with the socket non-blocking an
+        # empty buffer takes what the socket has, or answers b"" instead of waiting.
+        timeout = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            held = buffered.peek(1)
+        except (OSError, ValueError):
+            return False  # closed under us: the next read reports it
+        finally:
+            sock.settimeout(timeout)
+        # A leading CRLF ends the chunk just read; past it, only a whole chunk-size line means
+        # the next read will not wait for Ollama. Anything less: write what we have (always safe).
+        after = held[2:] if held.startswith(b"\r\n") else held
+        return b"\n" in after
+
+    return more_arrived
 
 
 def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:

@@ -74,3 +74,20 @@ def test_a_client_that_leaves_closes_the_upstream_request():
     assert next(relay) == b"a\n"
     relay.close()  # what the server does when a write to the client fails
     assert upstream.closed == 1 and finished == [True]
+
+
+def test_what_has_arrived_leaves_in_one_write_and_a_wait_flushes():
+    arrived = iter([True, True, False, True, False])  # "b" and "c" are there; then "e" with "d"
+
+    def more_arrived():
+        return next(arrived)
+
+    relay = proxy._relay(Client(), (1.0, 1.0), Upstream(), b"",
+                         iter([b"a\n", b"b\n", b"c\n", b"d\n", b"e\n"]), more_arrived)
+    assert list(relay) == [b"a\nb\nc\n", b"d\ne\n"]
+
+
+def test_batches_are_bounded(monkeypatch):
+    monkeypatch.setattr(proxy, "MAX_BATCH_BYTES", 4)
+    relay = proxy._relay(Client(), (1.0, 1.0), Upstream(), b"", iter([b"a\n"] * 5), lambda: True)
+    assert list(relay) == [b"a\na\n", b"a\na\n", b"a\n"]
