@@ -282,8 +282,12 @@ allocated):
 
 | bytes | site |
 |---|---|"""]
-    for site, size in traced.get("traced_sites_per_client_bytes", [])[:10]:
+    sites = traced.get("traced_sites_per_client_bytes", [])[:10]
+    for site, size in sites:
         lines.append(f"| {size:.0f} | `{site}` |")
+    if traced.get("traced_per_client_kb"):
+        rest = traced["traced_per_client_kb"] * 1024 - sum(size for _, size in sites)
+        lines.append(f"| {rest:.0f} | everything else (many sites under 400 bytes each) |")
     objects = ", ".join(f"{name} {count:.1f}" for name, count in list(plain["objects_per_client"].items())[:10])
     lines.append(f"\nNew live objects a client, by type: {objects}.\n")
     return "\n".join(lines)

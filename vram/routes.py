@@ -26,7 +26,9 @@ def status():
 
 def snapshot_response(polled) -> Response:
     """Answer with a poll's prepared body: 304 if the client has it, gzip if it accepts that."""
-    headers = {"ETag": polled.etag, "Vary": "Accept-Encoding", "Cache-Control": "no-cache"}
+    # security.py adds Cache-Control: no-store to every /api answer; a client that keeps the body
+    # itself (a script, the dashboard's own poll) still revalidates with If-None-Match.
+    headers = {"ETag": polled.etag, "Vary": "Accept-Encoding"}
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match is not None and _matches(if_none_match, polled.etag):
         response = Response(status=304, headers=headers)
