@@ -5,6 +5,7 @@ import json
 import pytest
 
 import concurrency
+from vram import routes as vram_routes
 from vram.poller import VramPoller
 from tests.fakes.scripted_reader import GPU0, GPU1_LOST, PROC, UNAVAILABLE, ScriptedReader, reading
 from vram.snapshot import GpuSnapshot, ProcessSnapshot, VramSnapshot
@@ -164,7 +165,16 @@ def test_history_rejects_bad_limit(client, auth, limit):
     assert response.status_code == 400 and "limit" in response.get_json()["error"]
 
 
-def test_status_is_gzipped_for_clients_that_accept_it(client, auth, services):
+def test_a_small_status_goes_uncompressed(client, auth, services):
+    polled = services.poller.tick()
+    assert len(polled.json_bytes) <= vram_routes.GZIP_MIN_BYTES
+    response = client.get("/api/vram/status", headers={**auth.headers(), "Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in response.headers and response.data == polled.json_bytes
+    assert response.headers["Vary"] == "Accept-Encoding"
+
+
+def test_status_is_gzipped_for_clients_that_accept_it(client, auth, services, monkeypatch):
+    monkeypatch.setattr(vram_routes, "GZIP_MIN_BYTES", 0)
     polled = services.poller.tick()
     plain = client.get("/api/vram/status", headers=auth.headers())
     assert "Content-Encoding" not in plain.headers and plain.headers["Vary"] == "Accept-Encoding"

@@ -8,6 +8,8 @@ import services
 from errors import BadRequestError, NvmlUnavailableError
 
 bp = Blueprint("vram", __name__, url_prefix="/api/vram")
+# Bodies up to this size go as they are: a 2-GPU snapshot (~1 KB) fits one packet either way.
+GZIP_MIN_BYTES = 1400
 NO_READING_YET = "no VRAM reading yet: the first NVML poll has not finished; retry in a moment"
 
 
@@ -35,9 +37,11 @@ def snapshot_response(polled) -> Response:
         response.headers.remove("Content-Type")  # a 304 has no body to describe
         return response
     accept = request.headers.get("Accept-Encoding", "")
-    # The substring test keeps the common identity request free of header parsing; Werkzeug's
-    # parser then honours "gzip;q=0".
-    if "gzip" in accept and request.accept_encodings["gzip"] > 0:
+    # A body that fits one packet gains nothing from gzip. The substring tests keep the common
+    # request free of header parsing; Werkzeug's parser is asked only when weights are given
+    # (so "gzip;q=0" is honoured).
+    if (len(polled.json_bytes) > GZIP_MIN_BYTES and "gzip" in accept
+            and ("q=" not in accept or request.accept_encodings["gzip"] > 0)):
         headers["Content-Encoding"] = "gzip"
         return Response(polled.gzip_bytes, mimetype="application/json", headers=headers)
     return Response(polled.json_bytes, mimetype="application/json", headers=headers)
