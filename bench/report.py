@@ -189,9 +189,9 @@ def rest_section(x: dict[str, Any], r) -> str:
 `wrk -t1 -c{x['connections']} -d{x['duration_s']}s --latency` pinned to the load core against one server; per
 repetition ({x.get('repetitions', r.get('repetitions'))} of them, short and interleaved so that bursts of load from other
 processes hit both sides alike) `/health` and `/api/vram/status` (with a bearer token) back to back, in
-alternating order, both with `Accept-Encoding: gzip, deflate` as browsers send it: the status body is then
-the gzip body the poller's snapshot builds once a poll, on the first request that accepts it ("on the wire"
-is its size), and a client that sends the poll's `ETag` back in `If-None-Match` gets a 304. Target: status ≥ {x['target_ratio']}× health in req/s. "CPU ratio" is health's server CPU time per
+alternating order, both with `Accept-Encoding: gzip, deflate` as browsers send it: a status body over 1,400
+bytes (one packet) is then the gzip body the poller's snapshot builds once a poll, on the first request that
+accepts it ("on the wire" is what is sent), and a client that sends the poll's `ETag` back in `If-None-Match` gets a 304. Target: status ≥ {x['target_ratio']}× health in req/s. "CPU ratio" is health's server CPU time per
 request over status's: it ignores time spent waiting (on the shared CPU, or on the network), so it is the
 noise-free half of the picture. The server sets `TCP_NODELAY` on its listening socket (`server.listen`),
 so a large body's second `send()` no longer waits for the client's delayed ACK.
@@ -467,7 +467,8 @@ through a 16 KiB buffered file, so a body over ~16 KB leaves as two `send()`s, a
 listening socket (`server.listen`). What was left was CPU: handing 56 KB to the kernel (a loopback
 `send()` also does the receiving side's work) cost ~0.15 ms a request more than the 2-GPU body, the
 8-GPU ratio sitting at 0.80×. The poller's snapshot now also carries its body gzipped (built once a
-poll, by the first request that accepts gzip; 56 KB → ~2 KB) and an `ETag` naming the poll, so
+poll, by the first request that accepts gzip; 56 KB → ~2 KB; bodies that fit one packet, such as
+the 2-GPU one, go as they are) and an `ETag` naming the poll, so
 `/api/vram/status` answers `Content-Encoding: gzip` (with `Vary: Accept-Encoding`) to clients that
 accept it and 304 to an `If-None-Match` of the current poll, after the credential check.{rest_fig}
 
