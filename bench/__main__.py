@@ -21,7 +21,7 @@ import traceback
 from bench import common
 from bench.common import OUT, REPO, Fakes, log
 
-SECTIONS = ("rest", "proxy", "fanout", "idle", "isolation", "progress", "attribution")
+SECTIONS = ("rest", "proxy", "fanout", "memory", "idle", "isolation", "progress", "attribution")
 RESULTS = OUT / "results.json"
 COMMAND = "bench/run.sh"
 
@@ -62,11 +62,12 @@ def main(argv: list[str] | None = None) -> int:
             results["errors"][name] = traceback.format_exc()
         results.setdefault("durations_s", {})[name] = time.monotonic() - t0
 
-    from bench import idle, isolation, progress, proxy, rest
+    from bench import idle, isolation, memory, progress, proxy, rest
 
     section("rest", rest.run, fakes, workdir)
     section("proxy", proxy.run, fakes, workdir)
     section("fanout", run_fanout, fakes, workdir)
+    section("memory", memory.run, fakes, workdir)
     idle_run = None
     if "idle" in only:
         # The idle server's window overlaps the two light sections below; its own CPU time is

@@ -195,7 +195,8 @@ def start_dashboard(workdir: Path, nvml: FakeNvml | None, *, cpu: int | None = S
     run_dir.mkdir(parents=True, exist_ok=True)
     env = server_environment(run_dir, port, nvml, ollama_url=ollama_url, extra=extra)
     env["BENCH_STOCK_BROADCAST"] = "1" if stock_broadcast else ""
-    script = REPO / "bench" / "variant_server.py" if stock_broadcast else REPO / "app.py"
+    variant = stock_broadcast or "BENCH_MEMORY_DUMP" in (extra or {})
+    script = REPO / "bench" / "variant_server.py" if variant else REPO / "app.py"
     log_path = run_dir / "server.log"
     with open(log_path, "wb") as log_file, (pinned(cpu) if cpu is not None else contextlib.nullcontext()):
         proc = subprocess.Popen([sys.executable, str(script)], cwd=run_dir, env=env, stdout=log_file,

@@ -26,6 +26,10 @@ PACED_INTERVAL_S = 0.01       # 100 tokens/s per stream: a fast model, as users 
 CASES = (("1", 1, TOKENS, 0.0), ("8", 8, TOKENS, 0.0), ("8 paced", 8, PACED_TOKENS, PACED_INTERVAL_S))
 TARGET_ADDED_P50_MS = 0.5
 TARGET_RATIO = 0.9
+# Small proxied requests: wrk -c10 GET /api/tags, against this server's own /health in the same run.
+TAGS_CONNECTIONS = 10
+TAGS_SECONDS = 1
+TARGET_TAGS_HEALTH_RATIO = 0.5
 
 NGINX_CONF = """
 worker_processes 1;
@@ -106,6 +110,49 @@ def run_load(url: str, streams: int, token: str | None = None, tokens: int = TOK
     return result
 
 
+def run_tags(fake, server, targets: dict[str, tuple[str, str | None]]) -> dict[str, Any]:
+    """Small proxied requests: GET /api/tags through each way, and the dashboard's own /health."""
+    from bench.rest import run_wrk
+
+    ways = {name: (url + "/api/tags", {"Authorization": f"Bearer {token}"} if token else {})
+            for name, (url, token) in targets.items()}
+    ways["health"] = (server.url + "/health", {})
+    for url, headers in ways.values():  # warm up
+        run_wrk(url, headers, duration_s=1, connections=TAGS_CONNECTIONS)
+    reps: list[dict[str, Any]] = []
+    for rep in range(REPETITIONS):
+        order = list(ways) if rep % 2 == 0 else list(reversed(ways))
+        result: dict[str, Any] = {}
+        for name in order:
+            cpu_before = cpu_seconds(server.proc.pid)
+            before = fake.count("GET", "/api/tags")
+            result[name] = run_wrk(*ways[name], duration_s=TAGS_SECONDS, connections=TAGS_CONNECTIONS)
+            result[name]["upstream_requests"] = fake.count("GET", "/api/tags") - before
+            if name in ("proxy", "health"):
+                result[name]["cpu_us_per_request"] = ((cpu_seconds(server.proc.pid) - cpu_before) * 1e6
+                                                      / max(result[name]["requests"], 1))
+        for name in ("nginx", "proxy"):
+            result[name]["ratio"] = result[name]["rps"] / result["direct"]["rps"]
+        result["proxy"]["health_ratio"] = result["proxy"]["rps"] / result["health"]["rps"]
+        reps.append(result)
+        log(f"proxy tags rep {rep + 1}: " + ", ".join(f"{n} {r['rps']:.0f} req/s" for n, r in result.items())
+            + f"; proxy/health {result['proxy']['health_ratio']:.2f}")
+    summary: dict[str, Any] = {"connections": TAGS_CONNECTIONS, "seconds": TAGS_SECONDS,
+                               "target_health_ratio": TARGET_TAGS_HEALTH_RATIO, "reps": reps}
+    for name in ways:
+        row = {metric: Spread.of(r[name][metric] for r in reps).to_json() for metric in ("rps", "p50_ms", "p99_ms")}
+        row["non_2xx"] = sum(r[name]["non_2xx"] for r in reps)
+        row["requests"] = sum(r[name]["requests"] for r in reps)
+        row["upstream_requests"] = sum(r[name]["upstream_requests"] for r in reps)
+        if name in ("proxy", "health"):
+            row["cpu_us_per_request"] = Spread.of(r[name]["cpu_us_per_request"] for r in reps).to_json()
+        if name in ("nginx", "proxy"):
+            row["ratio"] = Spread.of(r[name]["ratio"] for r in reps).to_json()
+        summary[name] = row
+    summary["proxy"]["health_ratio"] = Spread.of(r["proxy"]["health_ratio"] for r in reps).to_json()
+    return summary
+
+
 def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:
     with pinned(LOAD_CPU):
         fake = FakeOllama().start()
@@ -150,6 +197,7 @@ def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:
                 log(f"proxy rep {rep + 1}, {case} stream(s): " + ", ".join(
                     f"{n} {r['lines_per_s']:.0f} lines/s ttfl p50 {r['ttfl_p50_ms']:.2f} ms" for n, r in result.items()))
         procs = {name: sampler.result() for name, sampler in samplers.items()}
+        tags = run_tags(fake, servers["proxy"], targets)
     finally:
         for server in servers.values():
             server.stop()
@@ -159,7 +207,8 @@ def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {"seconds": SECONDS, "tokens": TOKENS, "paced_tokens": PACED_TOKENS,
                                "paced_interval_s": PACED_INTERVAL_S, "cases": [c[0] for c in CASES],
                                "target_added_p50_ms": TARGET_ADDED_P50_MS, "target_ratio": TARGET_RATIO,
-                               "upstream_requests": upstream, "server": procs, "by_streams": {}}
+                               "upstream_requests": upstream, "server": procs, "by_streams": {},
+                               "tags": tags}
     for case, results in reps.items():
         row: dict[str, Any] = {"reps": results}
         for name in targets:

@@ -56,8 +56,8 @@ def render(r: dict[str, Any]) -> str:
     add("")
     add(machine_section(r))
     for name, fn in (("rest", rest_section), ("proxy", proxy_section), ("fanout", fanout_section),
-                     ("idle", idle_section), ("isolation", isolation_section), ("progress", progress_section),
-                     ("attribution", attribution_section)):
+                     ("memory", memory_section), ("idle", idle_section), ("isolation", isolation_section),
+                     ("progress", progress_section), ("attribution", attribution_section)):
         if name in r:
             add(fn(r[name], r))
         else:
@@ -68,8 +68,9 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-TITLES = {"rest": "1. REST", "proxy": "2. Proxy", "fanout": "3. Fan-out", "idle": "4. Idle",
-          "isolation": "5. Isolation", "progress": "6. Progress relay", "attribution": "7. VRAM attribution"}
+TITLES = {"rest": "1. REST", "proxy": "2. Proxy", "fanout": "3. Fan-out", "memory": "3b. Memory a websocket client",
+          "idle": "4. Idle", "isolation": "5. Isolation", "progress": "6. Progress relay",
+          "attribution": "7. VRAM attribution"}
 
 
 def _rest(r, gpus):
@@ -114,6 +115,22 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
         ok = all(a == b for a, b in up.values())
         rows.append(["2", "Upstream requests per proxied request", "exactly 1",
                      ", ".join(f"{k}: {b}/{a}" for k, (a, b) in up.items()), verdict(ok)])
+    t = (p or {}).get("tags")
+    if t:
+        ratio = t["proxy"]["health_ratio"]
+        rows.append(["2", f"Proxied `GET /api/tags` (wrk -c{t['connections']}) ÷ this server's `/health` req/s",
+                     f"≥ {t['target_health_ratio']}×",
+                     f"{m(ratio, 2)}× ({ratio['min']:.2f}–{ratio['max']:.2f}), {m(t['proxy']['ratio'], 2)}× direct, "
+                     f"{m(t['proxy']['cpu_us_per_request'], 0)} µs CPU a request (nginx {m(t['nginx']['ratio'], 2)}× direct)",
+                     verdict(ratio["median"] >= t["target_health_ratio"])])
+    mem = r.get("memory")
+    if mem:
+        plain = mem["plain"]
+        budget = max(0.0, (100 - plain["rss_before_mb"]) * 1024 / mem["clients"])
+        rows.append(["3", f"Memory a websocket client ({mem['clients']} clients, RSS delta)",
+                     f"≤ {budget:.0f} KiB (100 MB at {mem['clients']:,} from {plain['rss_before_mb']:.0f} MB)",
+                     f"{plain['rss_per_client_kb']:.1f} KiB a client, {plain['greenlets_per_client']:.0f} green threads",
+                     verdict(plain["rss_per_client_kb"] <= budget)])
     x = _fan(r, 1000, 2)
     if x:
         ok = (x["p99_ms"]["median"] <= 80 and x["cadence_deviation"]["median"] <= 0.05
@@ -179,16 +196,18 @@ def rest_section(x: dict[str, Any], r) -> str:
 `wrk -t1 -c{x['connections']} -d{x['duration_s']}s --latency` pinned to the load core against one server; per
 repetition ({x.get('repetitions', r.get('repetitions'))} of them, short and interleaved so that bursts of load from other
 processes hit both sides alike) `/health` and `/api/vram/status` (with a bearer token) back to back, in
-alternating order. Target: status ≥ {x['target_ratio']}× health in req/s. "CPU ratio" is health's server CPU time per
+alternating order, both with `Accept-Encoding: gzip, deflate` as browsers send it: a status body over 1,400
+bytes (one packet) is then the gzip body the poller's snapshot builds once a poll, on the first request that
+accepts it ("on the wire" is what is sent), and a client that sends the poll's `ETag` back in `If-None-Match` gets a 304. Target: status ≥ {x['target_ratio']}× health in req/s. "CPU ratio" is health's server CPU time per
 request over status's: it ignores time spent waiting (on the shared CPU, or on the network), so it is the
 noise-free half of the picture. The server sets `TCP_NODELAY` on its listening socket (`server.listen`),
 so a large body's second `send()` no longer waits for the client's delayed ACK.
 
-| snapshot | body | health req/s | status req/s | ratio | CPU ratio | health / status CPU µs per request | health / status p50 ms | runqueue wait | verdict |
+| snapshot | body / on the wire | health req/s | status req/s | ratio | CPU ratio | health / status CPU µs per request | health / status p50 ms | runqueue wait | verdict |
 |---|---|---|---|---|---|---|---|---|---|"""]
     for s in x["scenarios"]:
         lines.append(
-            f"| {s['scenario']} | {s['status_body_bytes'] / 1000:.1f} KB "
+            f"| {s['scenario']} | {s['status_body_bytes'] / 1000:.1f} KB / {s.get('status_wire_bytes', s['status_body_bytes']) / 1000:.1f} KB "
             f"| {f(s['health_rps'], 0)} | {f(s['status_rps'], 0)} | **{f(s['ratio'], 2)}** | {f(s.get('cpu_ratio'), 2)} "
             f"| {m(s.get('health_cpu_us_per_request'), 0)} / {m(s.get('status_cpu_us_per_request'), 0)} "
             f"| {m(s['health_p50_ms'], 2)} / {m(s['status_p50_ms'], 2)} "
@@ -229,6 +248,57 @@ Targets: ≤ +{x['target_added_p50_ms']} ms at p50 and ≥ {x['target_ratio']}×
     lines.append("Dashboard CPU over the whole section (it idles while the other ways run): " +
                  ", ".join(f"{k} {v['cpu_percent']:.0f} % (runqueue wait {v.get('runqueue_wait_percent', 0):.0f} %)"
                            for k, v in srv.items()) + ".\n")
+    t = x.get("tags")
+    if t:
+        lines.append(f"""Small proxied requests: `wrk -t1 -c{t['connections']} -d{t['seconds']}s` `GET /api/tags` direct, through nginx
+and through the proxy, and the dashboard's own `/health` (the floor of any request it serves), in
+alternating order. Target: proxied ≥ {t['target_health_ratio']}× `/health` req/s. Upstream requests are the fake's count;
+wrk does not count the requests in flight when it stops, so the fake sees up to {t['connections']} more a way.
+
+| way | req/s | ratio to direct | ratio to `/health` | p50 ms | p99 ms | CPU a request µs | requests / upstream | non-2xx |
+|---|---|---|---|---|---|---|---|---|""")
+        for name in ("direct", "nginx", "proxy", "health"):
+            w = t[name]
+            lines.append(f"| {name} | {f(w['rps'], 0)} | {f(w['ratio'], 2) if 'ratio' in w else ('1' if name == 'direct' else '—')} "
+                         f"| {f(w['health_ratio'], 2) if 'health_ratio' in w else ('1' if name == 'health' else '—')} "
+                         f"| {m(w['p50_ms'], 2)} | {m(w['p99_ms'], 2)} "
+                         f"| {f(w['cpu_us_per_request'], 0) if 'cpu_us_per_request' in w else '—'} "
+                         f"| {w['requests']} / {w['upstream_requests'] if name != 'health' else '—'} | {w['non_2xx']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def memory_section(x: dict[str, Any], r) -> str:
+    plain, traced = x["plain"], x["traced"]
+    lines = [f"""## 3b. Memory a websocket client
+
+`bench/memory.py`: one server (2 fake GPUs), {x['clients']} raw websocket clients (bench/ws_client.py, as in
+section 3); RSS and the anonymous part of it (`/proc/<pid>/smaps_rollup`) before they connect and after a
+few broadcasts, divided by the clients. A second server traces allocations (tracemalloc, started just
+before the clients connect) to say where the bytes go; bench/variant_server.py dumps the snapshot, the
+live objects by type and the green threads (with the bytes of C stack greenlet keeps for each).
+
+| | per client |
+|---|---|
+| RSS ({plain['rss_before_mb']:.0f} → {plain['rss_after_mb']:.0f} MB) | **{plain['rss_per_client_kb']:.1f} KiB** |
+| anonymous memory | {plain['anon_per_client_kb']:.1f} KiB |
+| green threads | {plain['greenlets_per_client']:.1f} |
+| C stack saved by greenlet for them | {plain['greenlet_stack_per_client_kb']:.1f} KiB |
+| Python allocations (tracemalloc) | {traced.get('traced_per_client_kb', 0):.1f} KiB |
+
+Largest allocation sites, bytes a client (innermost frame; "from" names the standard-library frame that
+allocated):
+
+| bytes | site |
+|---|---|"""]
+    sites = traced.get("traced_sites_per_client_bytes", [])[:10]
+    for site, size in sites:
+        lines.append(f"| {size:.0f} | `{site}` |")
+    if traced.get("traced_per_client_kb"):
+        rest = traced["traced_per_client_kb"] * 1024 - sum(size for _, size in sites)
+        lines.append(f"| {rest:.0f} | everything else (many sites under 400 bytes each) |")
+    objects = ", ".join(f"{name} {count:.1f}" for name, count in list(plain["objects_per_client"].items())[:10])
+    lines.append(f"\nNew live objects a client, by type: {objects}.\n")
     return "\n".join(lines)
 
 
@@ -355,8 +425,13 @@ def findings(r: dict[str, Any]) -> str:
     fan_fig = (f" In this run: p99 {m(stock['p99_ms'])} ms stock against {m(fast['p99_ms'])} ms encoded once, "
                f"server CPU {stock['server']['cpu_percent']:.1f} % against {fast['server']['cpu_percent']:.1f} % "
                f"(1,000 clients, 2 GPUs, one broadcast a second)." if stock and fast else "")
-    rss_fig = (f" In this run: {fast['server']['peak_rss_mb']:.0f} MB at 1,000 clients, "
-               f"{r['idle']['peak_rss_mb']:.0f} MB idle." if fast and r.get("idle") else "")
+    rss_fig = (f" In this run: {fast['server']['peak_rss_mb']:.0f} MB at 1,000 clients"
+               + (f", {r['idle']['peak_rss_mb']:.0f} MB idle." if r.get("idle") else ".") if fast else "")
+    mem = (r.get("memory") or {}).get("plain")
+    mem_fig = (f" Section 3b: {mem['rss_per_client_kb']:.1f} KiB of RSS a websocket, "
+               f"{mem['greenlets_per_client']:.0f} green threads a websocket." if mem else "")
+    idle_mb = f"{mem['rss_before_mb']:.0f}" if mem else "~70"
+    per_client_budget = f"{max(0.0, (100 - mem['rss_before_mb']) * 1024 / mem['clients']):.0f}" if mem else "~30"
     rest_fig = (f" In this run, 8 GPUs × 50 processes: status p50 {m(big['status_p50_ms'], 1)} ms against health "
                 f"{m(big['health_p50_ms'], 1)} ms ({m(big['ratio'], 2)}×); the server spent "
                 f"{m(big.get('status_cpu_us_per_request'), 0)} µs of CPU a status request against "
@@ -370,6 +445,9 @@ def findings(r: dict[str, Any]) -> str:
     proxy_fig = (f" In this run the dashboard spent {cpu('1')} µs of CPU a proxied request of {r['proxy']['tokens']} "
                  f"lines at full speed (1 stream) and {cpu('8 paced')} µs a request of {r['proxy']['paced_tokens']} "
                  f"paced lines." if rows else "")
+    tags = (r.get("proxy") or {}).get("tags")
+    tags_fig = (f" A proxied `GET /api/tags` cost {m(tags['proxy']['cpu_us_per_request'], 0)} µs of CPU against "
+                f"{m(tags['health']['cpu_us_per_request'], 0)} µs for `/health`." if tags else "")
     return f"""## What limits the misses, and what was changed
 
 **Fan-out latency (fixed in `sockets/broadcast.py`).** Profiling the stock broadcast (py-spy, 500
@@ -387,54 +465,59 @@ holds that socket's send lock: order is kept per socket and a slow client never 
 What remains is mostly the kernel's copy per socket: 56 KB to 1,000 sockets is 56 MB through
 loopback a broadcast, the cost behind the 1,000-client 56 KB row (not a target).
 
-**Fan-out RSS at 1,000 clients (missed; what limits it).**{rss_fig} Measured separately
-(tracemalloc snapshots of one server before and after 1,000 websockets, 2 GPUs): each websocket
-costs ~60 KB of RSS, and tracemalloc counts ~60 KB of allocations a socket: eventlet.wsgi's
-per-connection buffered files, kept for the life of the upgraded connection (`wfile` 16 KiB and
-`rfile` 8 KiB, resident only where touched), the saved C stacks of the socket's parked green
-threads (~10 KB: eventlet's WSGI handler, Engine.IO's writer), and ~25 KB of Python objects (Engine.IO/Socket.IO sessions, their queue, events and semaphores, the
-websocket object, the WSGI environ with the parsed request headers). The ~60 MB with no client is
-mostly imports, eventlet's `monkey_patch()` and its green DNS (dnspython, ~9 MB). Shrinking both
-eventlet buffers to 1 KiB (`HttpProtocol.wbufsize`/`rbufsize`) measured 114 MB against 120 MB at
-1,000 clients, still over the target and at the price of more `send()`s for every response over
-1 KiB, so it was not made. ≤ 100 MB at 1,000 clients needs ≤ 40 KB a socket: not reachable while
-every websocket is an eventlet WSGI connection with its green threads; the ways down are leaving
-that model (one epoll loop owning the raw websockets) or `EVENTLET_NO_GREENDNS=yes` (−9 MB at
-start, but every name lookup then blocks the whole hub, so only with an IP for `OLLAMA_HOST`).
+**Fan-out RSS at 1,000 clients (missed; what limits it).**{rss_fig}{mem_fig} Where the bytes of one
+websocket go (section 3b, tracemalloc and RSS deltas): eventlet.wsgi's per-connection buffered
+files, kept for the life of the upgraded connection (`wfile` 16 KiB, `rfile` 8 KiB allocated,
+resident only where touched); three green threads a client (eventlet's WSGI handler, which runs
+Engine.IO's websocket loop, Engine.IO's writer, and Engine.IO's ping task, which sleeps
+`ping_interval` between pings), each with the part of its C stack greenlet saved (~10 KiB for the
+three) and its own CPython frame stack chunk (mmap'd, so tracemalloc does not see it); and ~25 KiB of
+Python objects (Engine.IO/Socket.IO sessions, their queue, events, semaphores and hub timers, the
+websocket object, the WSGI environ with the parsed headers). Measured while this was written, 1,000
+clients each way, RSS a client: as shipped 64.9 KiB; without the ping task (each socket's sleeping
+green thread) 57.1 KiB; with eventlet's two buffers at 1 KiB (`HttpProtocol.wbufsize`/`rbufsize`)
+57.9 KiB (at 4 KiB: 63.7 KiB); both together 49.9 KiB. A sleeping green thread alone costs ~6.9 KiB
+of RSS. So the two public-or-adapter knobs give ~15 MB at 1,000 clients, short of what the target
+needs, and each has a price (1 KiB buffers: two `send()`s for every response over 1 KiB; one
+shared ping loop: overriding Engine.IO's per-socket `schedule_ping`, which its first call at connect
+runs before any adapter sees the socket), so neither was made. ≤ 100 MB at 1,000 clients with the
+{idle_mb} MB a server holds before its first client (imports, `monkey_patch()`, green DNS ~9 MB) needs
+≤ {per_client_budget} KiB a socket: not
+reachable while every websocket is an eventlet WSGI connection with its three green threads; the
+way down is one epoll loop owning the upgraded websockets (no green thread, no buffered files a
+client).
 
-**REST with large snapshots: Nagle (fixed); the body's cost.** eventlet.wsgi writes through a 16 KiB buffered
-file, so a body over ~16 KB leaves as two `send()`s (headers, then body), and without
-`TCP_NODELAY` the second waited for the client's delayed ACK (up to 40 ms; status p50 44 ms
-against 10 ms for health, 0.23×, in the previous report). The server now sets `TCP_NODELAY` on its
-listening socket (`server.listen`; Linux copies it to accepted sockets).{rest_fig} What is
-left of the gap is CPU, not waiting: handing 56 KB to the kernel (a loopback `send()` also does the
-receiving side's work) costs ~0.1 ms more than the 2-GPU body, which is about a fifth of a request
-now that one costs ~0.5 ms, so the 8-GPU ratio sits at the target and moves across it between runs
-minutes apart on this shared machine (0.80–0.91 in three runs while this report was written).
+**REST with large snapshots: Nagle, then the body's size (both fixed).** eventlet.wsgi writes
+through a 16 KiB buffered file, so a body over ~16 KB leaves as two `send()`s, and without
+`TCP_NODELAY` the second waited for the client's delayed ACK; the server sets `TCP_NODELAY` on its
+listening socket (`server.listen`). What was left was CPU: handing 56 KB to the kernel (a loopback
+`send()` also does the receiving side's work) cost ~0.15 ms a request more than the 2-GPU body, the
+8-GPU ratio sitting at 0.80×. The poller's snapshot now also carries its body gzipped (built once a
+poll, by the first request that accepts gzip; 56 KB → ~2 KB; bodies that fit one packet, such as
+the 2-GPU one, go as they are) and an `ETag` naming the poll, so
+`/api/vram/status` answers `Content-Encoding: gzip` (with `Vary: Accept-Encoding`) to clients that
+accept it and 304 to an `If-None-Match` of the current poll, after the credential check.{rest_fig}
 
-**Proxy first line and throughput (missed; what was changed, what is left).** Changed:
-`OllamaClient` speaks to Ollama through urllib3's connection pool directly, not `requests` (whose
-per-call preparation merges settings and environment and runs hooks for features all off here);
-Ollama's chunked answer is decoded a receive at a time (all the NDJSON lines one `recv()` brought,
-in a few operations, where urllib3's `read_chunked()` made about a dozen Python calls a line); and
-Flask-Limiter's request hooks run for the auth blueprint only (~0.15 ms on every request before,
-even where its filter skipped the route). Together, A/B against the previous code in one run on
-this machine: 2.85 → 2.16 ms of CPU a one-line proxied request. Already in before this work:
-`TCP_NODELAY`, and one downstream write for all that has arrived.{proxy_fig} What is left is Python work that nginx does in C: per request, eventlet.wsgi
-parsing the request (headers through the `email` package), Flask's context, routing and hooks,
-the credential check, http.client sending the upstream request and parsing Ollama's status and
-headers (`email` again), and a pump green thread; then for every receive that brings new lines,
-a wake-up of eventlet's hub, the pump handing the lines to the writer, a de-chunk, a re-chunk and
-a `send()`. Such a wake-up costs ~0.2–0.6 ms of CPU here (one stream, lines arriving one by one:
-~0.23 ms a line at 2,000 lines/s, ~0.57 ms at 100 lines/s; a 200-line answer at full speed arrives
-in ~50 receives), several times what the same code costs when it runs back to back; we read
-this as a shared 2-vCPU machine running a process that was idle even for a millisecond slowly
-(cold caches) on its next wake-up. That is why paced streams see the first line late by several ms although
-the dashboard is mostly idle, and why +0.5 ms is out of reach for a Python proxy here. Next
-candidate, measured but not made: relaying synchronously instead of through the pump green thread
-(each read already returns all that arrived, and a slow client's backpressure would sit in the
-kernel's socket buffers): −12–17 % CPU a streamed request and ~−1.5 ms first line when paced;
-the pump has tests of its own (tests/test_proxy_pump.py) that would have to be rewritten around it.
+**Proxy first line and throughput; small proxied requests.** Before: `OllamaClient` on urllib3's
+pool directly (not `requests`), Flask-Limiter's hooks on the auth blueprint only, `TCP_NODELAY`. This
+round: (1) the answer is relayed in the request's own green thread (ollama_client/proxy.py `_relay`)
+instead of a pump green thread handing batches to the writer: one hub wake-up and switch fewer for
+every receive; a slow client blocks the write and so the next upstream read (the backlog stays in the
+kernels' socket buffers), `PROXY_TIMEOUT_SECONDS` of silence still ends the stream from the read, and
+a failed write closes the generator, whose `finally` closes the upstream request. (2) What one
+receive brought still leaves in one write: http.client hands a chunked body back one chunk (one
+NDJSON line) at a time, so `arrived_probe` (ollama_client/client.py, the one adapter that reaches
+http.client's buffered reader, with a chunk-by-chunk fallback) peeks without waiting whether the
+next chunk is already there. (3) Before reusing a pooled connection urllib3 asks whether Ollama closed
+it through `select()`, which under eventlet is the hub's green select (a timer, two switches; ~10 % of
+a small proxied request's CPU in py-spy); the pool's connection class now asks poll(2) directly
+(`concurrency.readable_now`).{proxy_fig}{tags_fig} What is left is Python work that nginx does in C:
+per request eventlet.wsgi parsing the request (headers through the `email` package), Flask's context,
+routing and hooks, the credential check, http.client sending the upstream request and parsing
+Ollama's status and headers (`email` again, ~10 % of a proxied `/api/tags` in py-spy); per receive a
+wake-up of eventlet's hub, a de-chunk, a re-chunk and a `send()`. Such a wake-up of a process that
+was idle even for a millisecond costs ~0.2–0.6 ms of CPU on this shared 2-vCPU machine (cold caches),
+which is what keeps the paced first line several ms behind nginx.
 """
 
 

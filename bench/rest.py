@@ -43,8 +43,15 @@ def bench_scenario(fakes: Fakes, workdir: Path, name: str, scenario, gpus: int) 
     try:
         body = wait_for_gpus(server, gpus)
         body_bytes = len(requests.get(server.url + "/api/vram/status", headers=server.headers()).content)
-        auth = server.headers()
-        targets = {"health": (server.url + "/health", {}), "status": (server.url + "/api/vram/status", auth)}
+        # What goes on the wire for a client that accepts gzip (stream=True: not decoded).
+        gzipped = requests.get(server.url + "/api/vram/status", stream=True,
+                               headers={**server.headers(), "Accept-Encoding": "gzip"})
+        wire_bytes = len(gzipped.raw.read(decode_content=False))
+        # Both ask for gzip as browsers and curl --compressed do: the status body is then the
+        # poller's gzip body (built once a poll); /health is too small to be compressed.
+        accept = {"Accept-Encoding": "gzip, deflate"}
+        auth = {**server.headers(), **accept}
+        targets = {"health": (server.url + "/health", accept), "status": (server.url + "/api/vram/status", auth)}
         for url, headers in targets.values():  # warm up both paths
             run_wrk(url, headers, duration_s=1)
         reps: list[dict[str, Any]] = []
@@ -72,7 +79,7 @@ def bench_scenario(fakes: Fakes, workdir: Path, name: str, scenario, gpus: int) 
         server.stop()
     summary = {
         "scenario": name, "gpus": gpus, "processes": len(body.get("processes", [])),
-        "status_body_bytes": body_bytes, "reps": reps, "server": proc,
+        "status_body_bytes": body_bytes, "status_wire_bytes": wire_bytes, "reps": reps, "server": proc,
         "ratio": Spread.of(r["ratio"] for r in reps).to_json(),
         "cpu_ratio": Spread.of(r["cpu_ratio"] for r in reps).to_json(),
     }

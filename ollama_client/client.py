@@ -17,10 +17,11 @@ import contextlib
 import errno
 import functools
 import http.client
+import io
 import json
 import logging
 import socket
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import urllib3
 from urllib3.util import parse_url
@@ -63,6 +64,7 @@ class OllamaClient:
         # block=False: past pool_maxsize a request opens a connection of its own instead of waiting.
         self._pool = urllib3.connection_from_url(self.base_url, maxsize=pool_maxsize, block=False,
                                                  retries=NO_RETRIES)
+        self._pool.ConnectionCls = _cheap_liveness_check(self._pool.ConnectionCls)
         self._reachable_lock = concurrency.Lock()
         self._reachable: tuple[float, bool] | None = None  # (monotonic time checked, answer)
 
@@ -267,6 +269,29 @@ class PullStream:
             self.response.close()
 
 
+def _cheap_liveness_check(connection_cls: type) -> type:
+    """Return `connection_cls` with an `is_connected` that asks poll(2) directly.
+
+    Before reusing a pooled keep-alive connection urllib3 asks `is_connected` whether Ollama has
+    closed it; its answer goes through select(), which under eventlet is the hub's green select
+    (a timer and two switches): ~10 % of a small proxied request's CPU. The answer is the same
+    question put to the OS at once. `is_connected` is a public property of urllib3's connections
+    (and `ConnectionCls` the pool's documented class hook); if either is not there, the stock
+    class is kept.
+    """
+    if not isinstance(getattr(connection_cls, "is_connected", None), property):
+        log.info("urllib3 %s has no is_connected property; keeping its own liveness check",
+                 urllib3.__version__)
+        return connection_cls
+
+    def is_connected(self) -> bool:
+        sock = self.sock
+        return sock is not None and not concurrency.readable_now(sock.fileno())
+
+    return type(connection_cls.__name__, (connection_cls,), {"is_connected": property(is_connected),
+                                                             "__module__": __name__})
+
+
 def iter_body(response: Response, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
     """Yield a response's body as it arrives: what one receive brought, never held back.
 
@@ -278,6 +303,41 @@ def iter_body(response: Response, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterat
     # connection to the pool once the body has been read to its end.
     while data := response.read1(chunk_bytes):
         yield data
+
+
+def arrived_probe(response: Response) -> Callable[[], bool] | None:
+    """Return a callable that tells whether more of `response`'s body can be read without waiting.
+
+    The proxy joins what has already arrived into one downstream write. http.client hands a
+    chunked body back one chunk (one NDJSON line) at a time, though one receive often brought many;
+    whether more is there is a question for the response's buffered reader and its socket, which
+    urllib3 and http.client keep to themselves. This is the one place that reaches for them; it
+    checks their shapes and answers None (relay chunk by chunk) when they are not as expected.
+    """
+    connection = getattr(response, "connection", None)
+    sock = getattr(connection, "sock", None)
+    buffered = getattr(getattr(response, "_fp", None), "fp", None)
+    if not (isinstance(buffered, io.BufferedReader) and hasattr(sock, "settimeout")
+            and hasattr(sock, "gettimeout") and hasattr(sock, "fileno")):
+        return None
+
+    def more_arrived() -> bool:
+        # peek() returns what the reader holds without a receive; with the socket non-blocking an
+        # empty buffer takes what the socket has, or answers b"" instead of waiting.
+        timeout = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            held = buffered.peek(1)
+        except (OSError, ValueError):
+            return False  # closed under us: the next read reports it
+        finally:
+            sock.settimeout(timeout)
+        # A leading CRLF ends the chunk just read; past it, only a whole chunk-size line means
+        # the next read will not wait for Ollama. Anything less: write what we have (always safe).
+        after = held[2:] if held.startswith(b"\r\n") else held
+        return b"\n" in after
+
+    return more_arrived
 
 
 def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:

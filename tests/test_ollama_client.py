@@ -331,3 +331,27 @@ def test_malformed_or_cut_chunking_is_a_broken_connection(wire):
                 pass
     response.close()
     ollama.close()
+
+
+def test_a_pooled_connection_ollama_closed_is_seen_without_the_green_select(client):
+    """The pool's liveness check asks poll(2): open while silent, closed once Ollama hangs up or sends."""
+    connection = client._pool.ConnectionCls("127.0.0.1", 9)
+    assert not connection.is_connected  # never connected
+    ours, theirs = socket.socketpair()
+    try:
+        connection.sock = ours
+        assert connection.is_connected
+        theirs.sendall(b"x")  # an idle keep-alive connection with bytes waiting is not reusable
+        wait_until(lambda: not connection.is_connected, 2)
+    finally:
+        connection.sock = None
+        ours.close()
+        theirs.close()
+
+
+def test_a_request_after_ollama_closed_the_idle_connection_succeeds(client, fake_ollama):
+    assert client.version() == "0.6.8"
+    for conn in list(client._pool.pool.queue):  # what a restarted or idle-timing-out Ollama does
+        if conn is not None and conn.sock is not None:
+            conn.sock.shutdown(socket.SHUT_RDWR)
+    assert client.version() == "0.6.8"

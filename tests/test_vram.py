@@ -1,9 +1,11 @@
 """The poller (tick, history, schedule) and the /api/vram routes, over a scripted reader."""
+import gzip
 import json
 
 import pytest
 
 import concurrency
+from vram import routes as vram_routes
 from vram.poller import VramPoller
 from tests.fakes.scripted_reader import GPU0, GPU1_LOST, UNAVAILABLE, ScriptedReader, reading
 
@@ -161,3 +163,48 @@ def test_history_route(client, auth, services):
 def test_history_rejects_bad_limit(client, auth, limit):
     response = client.get(f"/api/vram/history?limit={limit}", headers=auth.headers())
     assert response.status_code == 400 and "limit" in response.get_json()["error"]
+
+
+def test_a_small_status_goes_uncompressed(client, auth, services):
+    polled = services.poller.tick()
+    assert len(polled.json_bytes) <= vram_routes.GZIP_MIN_BYTES
+    response = client.get("/api/vram/status", headers={**auth.headers(), "Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in response.headers and response.data == polled.json_bytes
+    assert response.headers["Vary"] == "Accept-Encoding"
+
+
+def test_status_is_gzipped_for_clients_that_accept_it(client, auth, services, monkeypatch):
+    monkeypatch.setattr(vram_routes, "GZIP_MIN_BYTES", 0)
+    polled = services.poller.tick()
+    plain = client.get("/api/vram/status", headers=auth.headers())
+    assert "Content-Encoding" not in plain.headers and plain.headers["Vary"] == "Accept-Encoding"
+    response = client.get("/api/vram/status", headers={**auth.headers(), "Accept-Encoding": "br, gzip"})
+    assert response.status_code == 200 and response.headers["Content-Encoding"] == "gzip"
+    assert response.headers["Vary"] == "Accept-Encoding" and response.mimetype == "application/json"
+    assert gzip.decompress(response.data) == plain.data == polled.json_bytes
+    # Built once a poll: the next request is handed the same bytes.
+    assert polled.gzip_bytes is polled.gzip_bytes
+    refused = client.get("/api/vram/status", headers={**auth.headers(), "Accept-Encoding": "gzip;q=0, br"})
+    assert "Content-Encoding" not in refused.headers and refused.data == polled.json_bytes
+
+
+def test_the_etag_names_the_poll_and_if_none_match_gets_304(client, auth, services):
+    services.poller.tick()
+    first = client.get("/api/vram/status", headers=auth.headers())
+    etag = first.headers["ETag"]
+    assert etag.startswith('"') and etag.endswith('"')
+    for sent in (etag, f'W/{etag}', f'"other", {etag}', "*"):
+        again = client.get("/api/vram/status", headers={**auth.headers(), "If-None-Match": sent,
+                                                          "Accept-Encoding": "gzip"})
+        assert again.status_code == 304 and again.data == b"", sent
+        assert again.headers["ETag"] == etag and "Content-Type" not in again.headers
+    services.poller.tick()  # a new poll is a new representation, even with the same timestamp
+    fresh = client.get("/api/vram/status", headers={**auth.headers(), "If-None-Match": etag})
+    assert fresh.status_code == 200 and fresh.headers["ETag"] != etag and fresh.get_json()["gpus"]
+
+
+def test_if_none_match_without_credentials_is_still_401(client, auth, services):
+    services.poller.tick()
+    etag = client.get("/api/vram/status", headers=auth.headers()).headers["ETag"]
+    response = client.get("/api/vram/status", headers={"If-None-Match": etag})
+    assert response.status_code == 401 and "ETag" not in response.headers

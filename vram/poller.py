@@ -1,6 +1,9 @@
 """The background poller: reads NVML on a fixed cadence, keeps the latest snapshot and history."""
 from __future__ import annotations
 
+import functools
+import gzip
+import itertools
 import json
 import logging
 import math
@@ -28,13 +31,23 @@ class SnapshotReader(Protocol):
     def read_snapshot(self) -> VramSnapshot: ...
 
 
+# Level 6 (gzip's default) takes a 56 KB snapshot to ~5 KB in well under a millisecond, once a poll.
+GZIP_LEVEL = 6
+
+
 @dataclass(frozen=True)
 class PolledSnapshot:
-    """A snapshot with its JSON body, serialised once per poll and shared by every request."""
+    """A snapshot with its JSON body, serialised once per poll and shared by every request.
+
+    `etag` names this poll (the poller's count of readings and the snapshot's timestamp), so a
+    client that asks again before the next poll can be answered 304. `gzip_bytes` is the body
+    compressed, built by the first request that accepts gzip and then shared like `json_bytes`.
+    """
 
     snapshot: VramSnapshot
     body: dict[str, Any]
     json_bytes: bytes
+    etag: str = '"0"'
     taken_at: float = 0.0  # concurrency.monotonic() when the reading was stored
 
     def age_s(self) -> float:
@@ -42,6 +55,13 @@ class PolledSnapshot:
 
     def is_stale(self, stale_after_s: float) -> bool:
         return self.age_s() > stale_after_s
+
+    @functools.cached_property
+    def gzip_bytes(self) -> bytes:
+        # mtime=0: the same reading always compresses to the same bytes. cached_property writes
+        # the instance's __dict__ directly, which a frozen dataclass allows; two requests racing
+        # here (OS threads only; green threads cannot switch inside compress) both get equal bytes.
+        return gzip.compress(self.json_bytes, GZIP_LEVEL, mtime=0)
 
 
 class VramPoller:
@@ -60,6 +80,7 @@ class VramPoller:
         samples = max(math.ceil(HISTORY_MIN_SECONDS / interval_s) + 1, 1)
         self._history: deque[tuple] = deque(maxlen=min(samples, HISTORY_MAX_SAMPLES))
         self._stopping = False
+        self._readings = itertools.count(1)
 
     @property
     def latest(self) -> PolledSnapshot | None:
@@ -85,7 +106,8 @@ class VramPoller:
         if self._annotate is not None and snapshot.available:
             snapshot = self._annotate(snapshot)
         body = snapshot.to_dict()
-        polled = PolledSnapshot(snapshot, body, json.dumps(body, separators=(",", ":")).encode(),
+        etag = f'"{next(self._readings)}-{snapshot.timestamp!r}"'
+        polled = PolledSnapshot(snapshot, body, json.dumps(body, separators=(",", ":")).encode(), etag,
                                 taken_at=concurrency.monotonic())
         sample = (snapshot.timestamp, tuple(
             (gpu.index, gpu.used_mb, gpu.total_mb, gpu.utilization) for gpu in snapshot.gpus))

@@ -9,6 +9,8 @@ from auth.permissions import READ, require
 from errors import BadRequestError, NvmlUnavailableError
 
 bp = Blueprint("vram", __name__, url_prefix="/api/vram")
+# Bodies up to this size go as they are: a 2-GPU snapshot (~1 KB) fits one packet either way.
+GZIP_MIN_BYTES = 1400
 NO_READING_YET = "no VRAM reading yet: the first NVML poll has not finished; retry in a moment"
 
 
@@ -21,13 +23,42 @@ def status():
         raise NvmlUnavailableError(NO_READING_YET, extra=empty, headers={"Retry-After": "1"})
     if not polled.snapshot.available:
         raise NvmlUnavailableError(polled.snapshot.error or "NVML unavailable", extra=empty)
-    # The body was serialised once when the poller took the reading (and is what vram_update
-    # carried); its age goes in headers: seconds since it was taken, and whether that is more
-    # than 3 poll intervals (the driver stopped answering in time).
+    # The body was serialised (and, on first demand, compressed) once when the poller took the
+    # reading; requests only copy bytes, or answer 304 when the client already holds this poll.
+    # Its age goes in headers: seconds since it was taken, and whether that is more than 3 poll
+    # intervals (the driver stopped answering in time).
     age_s = polled.age_s()
     stale = age_s > services.current().poller.stale_after_s
-    return Response(polled.json_bytes, mimetype="application/json",
-                    headers={"X-Reading-Age": f"{age_s:.3f}", "X-Reading-Stale": "true" if stale else "false"})
+    return snapshot_response(polled, {"X-Reading-Age": f"{age_s:.3f}",
+                                      "X-Reading-Stale": "true" if stale else "false"})
+
+
+def snapshot_response(polled, extra_headers: dict[str, str] | None = None) -> Response:
+    """Answer with a poll's prepared body: 304 if the client has it, gzip if it accepts that."""
+    # security.py adds Cache-Control: no-store to every /api answer; a client that keeps the body
+    # itself (a script, the dashboard's own poll) still revalidates with If-None-Match.
+    headers = {"ETag": polled.etag, "Vary": "Accept-Encoding", **(extra_headers or {})}
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None and _matches(if_none_match, polled.etag):
+        response = Response(status=304, headers=headers)
+        response.headers.remove("Content-Type")  # a 304 has no body to describe
+        return response
+    accept = request.headers.get("Accept-Encoding", "")
+    # A body that fits one packet gains nothing from gzip. The substring tests keep the common
+    # request free of header parsing; Werkzeug's parser is asked only when weights are given
+    # (so "gzip;q=0" is honoured).
+    if (len(polled.json_bytes) > GZIP_MIN_BYTES and "gzip" in accept
+            and ("q=" not in accept or request.accept_encodings["gzip"] > 0)):
+        headers["Content-Encoding"] = "gzip"
+        return Response(polled.gzip_bytes, mimetype="application/json", headers=headers)
+    return Response(polled.json_bytes, mimetype="application/json", headers=headers)
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    """Whether an If-None-Match header names `etag` (weak comparison, as RFC 9110 asks for GET)."""
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
 
 
 @bp.get("/history")
