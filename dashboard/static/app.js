@@ -6,10 +6,12 @@ import {MAX_POINTS, VramChart, WINDOW_S} from './js/chart.js';
 import {$, announce, setText} from './js/dom.js';
 import {GpuPanel} from './js/gpu.js';
 import {ModelsPanel} from './js/models.js';
+import {FleetPanel} from './js/fleet.js';
 
 const gpus = new GpuPanel();
 const chart = new VramChart();
 const models = new ModelsPanel();
+const fleet = new FleetPanel();
 let socket = null;
 let live = false;
 let generation = 0;  // bumped by every start and stop, so a stale start gives up
@@ -156,6 +158,8 @@ function connectSocket() {
     chart.push(status);
   });
   socket.on('model_download_progress', (event) => models.onProgress(event));
+  socket.on('fleet_update', (event) => fleet.onUpdate(event));
+  fleet.start();
 }
 
 /** True while the stored token is still good; a 401 sends us to the login page. */
@@ -169,6 +173,7 @@ async function verifySession() {
 }
 
 function stopLive() {
+  fleet.stop();
   live = false;
   generation += 1;
   if (socket) {
