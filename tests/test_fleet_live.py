@@ -153,6 +153,8 @@ def test_redis_killed_and_restarted_mid_run(fleet, redis_server):
     client, heard = listen(a, a.login(), "vram_update", "fleet_update")
     try:
         wait_until(lambda: any(e == "fleet_update" and d["node"] == "node-b" for e, d in heard), 5)
+        wait_until(lambda: len(requests.get(f"{a.url}/api/fleet", headers=a.headers(), timeout=5).json()["nodes"]) == 2,
+                   5)  # node-a has read node-b's entry: it knows whom it will lose sight of
         redis_server.kill()
         time.sleep(0.1)
         wait_until(lambda: "is unreachable" in a.log(), 3)
