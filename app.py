@@ -22,6 +22,7 @@ import auth
 import usage
 import dashboard
 import errors
+import fleet
 import health
 import ollama_client
 import ollama_client.proxy
@@ -39,6 +40,10 @@ from ollama_client.downloads import DownloadManager
 from ollama_client.history import DownloadHistory
 from usage.log import UsageLog
 from db import Database, DatabaseStartupError, default_url, describe_url, open_database
+from fleet.bus import CredentialBus
+from fleet.link import RedisLink, check_reachable, describe_url as describe_redis_url
+from fleet.registry import Fleet
+from ollama_client.download_owners import DownloadOwners
 from services import Services
 from ollama_client.fit_service import FitAdvisor
 from ollama_client.model_index import ModelIndex
@@ -51,7 +56,7 @@ log = logging.getLogger("vram_dashboard")
 # Each registers its routes and hooks through the same door, init_app(app, services). Order is
 # the order of their before_request hooks: malformed input is refused before credentials are checked.
 PACKAGES = (errors, security, auth, audit, usage, health, vram, ollama_client, ollama_client.proxy,
-            dashboard, openapi_doc)
+            fleet, dashboard, openapi_doc)
 
 
 class DashboardFlask(Flask):
@@ -86,21 +91,44 @@ def create_app(config: Config | None = None, *, nvml_reader: NvmlReader | None =
     ollama = OllamaClient(config.ollama_host)
     model_index = ModelIndex(ollama)  # blob digest -> model name, for attributing runner processes
     registry = RegistryClient(config.ollama_allowed_registries)
-    hub = sockets.SocketHub(sockets.create_socketio(app, config.cors_allowed_origins), principal_for)
+    # With REDIS_URL: the Socket.IO queue, ended credentials, the fleet, throttle and downloads shared.
+    link = RedisLink(config.redis_url) if config.redis_url else None
+    hub = sockets.SocketHub(sockets.create_socketio(app, config.cors_allowed_origins, link), principal_for)
     accounts.add_listener(hub.credentials_ended)
-    poller = VramPoller(reader, config.vram_poll_interval_s, publish=hub.publish_vram,
+    bus = CredentialBus(link, accounts, hub.credentials_ended) if link is not None else None
+
+    def nvml_ok() -> bool:
+        polled = poller.latest
+        return polled is not None and polled.snapshot.available and not polled.is_stale(poller.stale_after_s)
+
+    def latest_status() -> dict | None:
+        polled = poller.latest
+        return None if polled is None else polled.body
+
+    fleet_view = Fleet(config.node_name, config.public_url or _local_url(config), config.vram_poll_interval_s,
+                       latest_status=latest_status, nvml_ok=nvml_ok, ollama_ok=ollama.is_reachable,
+                       broadcast=hub.broadcast, publish_vram=hub.publish_vram, link=link, clock=clock)
+    poller = VramPoller(reader, config.vram_poll_interval_s, publish=fleet_view.publish_vram,
                         annotate=Attributor(model_index.name_for_blob, on_unknown=model_index.request_refresh))
     services = Services(
         config=config, nvml=reader, database=database, accounts=accounts, hub=hub, ollama=ollama, poller=poller,
         audit=AuditLog(database, config.audit_retention_days, clock=clock),
         usage=UsageLog(database, config.audit_retention_days, clock=clock),
-        downloads=DownloadManager(ollama, hub.broadcast, clock=clock, history=DownloadHistory(database)),
+        downloads=DownloadManager(ollama, hub.broadcast, clock=clock, history=DownloadHistory(database),
+                                  owners=DownloadOwners(link, config.node_name) if link is not None else None),
         model_index=model_index, registry=registry,
-        fit=FitAdvisor(ollama, model_index, registry, poller.latest_snapshot))
+        fit=FitAdvisor(ollama, model_index, registry, poller.latest_snapshot),
+        fleet=fleet_view, redis=link, bus=bus)
     services.attach(app)
     for package in PACKAGES:
         package.init_app(app, services)
     return app
+
+
+def _local_url(config: Config) -> str:
+    """Where this server reaches itself when DASHBOARD_PUBLIC_URL is not set (a fleet of one)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.host, config.host)
+    return f"http://[{host}]:{config.port}" if ":" in host else f"http://{host}:{config.port}"
 
 
 def _configure_logging(level: str) -> None:
@@ -123,6 +151,12 @@ def main() -> int:
     if lifecycle.stop_requested:
         return 0
     _configure_logging(config.log_level)
+    if config.redis_url:
+        problem = check_reachable(config.redis_url)
+        if problem:
+            print(f"configuration error: REDIS_URL: cannot reach {describe_redis_url(config.redis_url)}: {problem}",
+                  file=sys.stderr)
+            return 2
     url = config.database_url or default_url(config.data_dir)
     try:
         database = open_database(url)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Mapping
 from urllib.parse import urlsplit
@@ -206,8 +207,64 @@ def _parse_allowed_hosts(raw: Any) -> tuple[str, ...]:
     return tuple(hosts)
 
 
+NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,63}")
+
+
+def _parse_redis_url(raw: Any) -> str | None:
+    """redis://[user:password@]host[:port][/db] or rediss://…; empty = no fleet.
+
+    >>> _parse_redis_url("redis://127.0.0.1:6379/0"), _parse_redis_url(" ")
+    ('redis://127.0.0.1:6379/0', None)
+    """
+    if raw is None or not str(raw).strip():
+        return None
+    text = str(raw).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("must be redis://host:port/db or rediss://host:port/db")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return text
+
+
+def _parse_node_name(raw: Any) -> str:
+    """A fleet node's name: letters, digits, `.`, `_`, `-`; 1-63.
+
+    >>> _parse_node_name("gpu-box_2.lan")
+    'gpu-box_2.lan'
+    """
+    text = str(raw)
+    if not NODE_NAME.fullmatch(text):
+        raise ValueError(f"must be 1-63 letters, digits, '.', '_' or '-', not {text!r}"
+                         + (" (the host name; set DASHBOARD_NODE_NAME)" if text == socket.gethostname() else ""))
+    return text
+
+
+def _parse_public_url(raw: Any) -> str | None:
+    """Where other servers reach this one: http(s)://host[:port][/prefix], without a trailing slash.
+
+    >>> _parse_public_url("http://gpu-box-2:5000/")
+    'http://gpu-box-2:5000'
+    """
+    if raw is None or not str(raw).strip():
+        return None
+    text = str(raw).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"{text!r} is not a URL like http://gpu-box-2:5000")
+    try:
+        parts.port  # noqa: B018
+    except ValueError:
+        raise ValueError(f"{text!r} has an invalid port") from None
+    return text
+
 
 OllamaHost = Annotated[str, BeforeValidator(parse_ollama_host)]
+RedisUrl = Annotated[str | None, BeforeValidator(_parse_redis_url)]
+NodeName = Annotated[str, BeforeValidator(_parse_node_name)]
+PublicUrl = Annotated[str | None, BeforeValidator(_parse_public_url)]
 DatabaseUrl = Annotated[str | None, BeforeValidator(_parse_database_url)]
 AllowedHosts = Annotated[tuple[str, ...], BeforeValidator(_parse_allowed_hosts)]
 BindHost = Annotated[str, BeforeValidator(_parse_bind_host)]
@@ -261,6 +318,10 @@ class Config(BaseSettings):
     keepalive_timeout_s: float = Field(75.0, alias="DASHBOARD_KEEPALIVE_TIMEOUT_SECONDS", gt=0, le=3600)
     body_timeout_s: float = Field(30.0, alias="DASHBOARD_BODY_TIMEOUT_SECONDS", gt=0, le=3600)
     allowed_hosts: AllowedHosts = Field((), alias="DASHBOARD_ALLOWED_HOSTS")
+    # The fleet (fleet/): REDIS_URL before DASHBOARD_PUBLIC_URL, whose validator reads it.
+    redis_url: RedisUrl = Field(None, alias="REDIS_URL", **_SECRET)
+    node_name: NodeName = Field(default_factory=socket.gethostname, alias="DASHBOARD_NODE_NAME")
+    public_url: PublicUrl = Field(None, alias="DASHBOARD_PUBLIC_URL")
 
     # Not variables: fixed by the contract, fields so that tests can change them.
     max_api_body_bytes: int = 1024 * 1024
@@ -324,6 +385,14 @@ class Config(BaseSettings):
             if len(token) < 16:
                 raise ValueError("must be at least 16 characters")
         return token
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, url: str | None, info: ValidationInfo) -> str | None:
+        if url is None and info.data.get("redis_url"):
+            raise ValueError("required when REDIS_URL is set: the URL other servers of the fleet reach this "
+                             "one at, e.g. http://gpu-box-2:5000")
+        return url
 
     @property
     def session_expiry_s(self) -> float:

@@ -14,6 +14,9 @@ from auth.accounts import Accounts
 from config import Config
 from db import Database
 from errors import ApiError
+from fleet.bus import CredentialBus
+from fleet.link import RedisLink
+from fleet.registry import Fleet
 from ollama_client.client import OllamaClient
 from ollama_client.downloads import DownloadManager
 from ollama_client.fit_service import FitAdvisor
@@ -46,6 +49,9 @@ class Services:
     model_index: ModelIndex   # blob digest -> model name
     registry: RegistryClient  # manifests and GGUF headers of models not downloaded
     fit: FitAdvisor
+    fleet: Fleet              # this node's entry and every node's (this one alone without REDIS_URL)
+    redis: RedisLink | None = None     # REDIS_URL, when the server is one of several
+    bus: CredentialBus | None = None   # ended credentials to and from the other processes
     _tasks: list[Any] = field(default_factory=list, repr=False)
     _stopping: bool = field(default=False, repr=False)
 
@@ -65,9 +71,13 @@ class Services:
         return self.ollama.is_reachable()
 
     def start_background_tasks(self) -> None:
-        """Start what runs on its own: the poller and the session store's expiry timer."""
+        """Start what runs on its own: the poller, the session store's expiry timer, the fleet entry."""
         start = self.socketio.start_background_task
         self._tasks = [start(self.poller.run), start(self.accounts.run_expiry), start(self._purge_old_records)]
+        if self.fleet.shared:  # a fleet of one has nobody to tell: GET /api/fleet builds its entry on demand
+            self._tasks.append(start(self.fleet.run))
+        if self.bus is not None:
+            self._tasks.append(start(self.bus.run))
 
     def _purge_old_records(self) -> None:
         """Delete audit entries and usage rows past AUDIT_RETENTION_DAYS, now and every hour."""
@@ -94,6 +104,12 @@ class Services:
         """
         self.begin_shutdown()
         self.poller.stop()
+        self.fleet.stop()
+        if self.bus is not None:
+            self.bus.stop()
+        manager_stop = getattr(self.socketio.server.manager, "stop", None)
+        if manager_stop is not None:
+            manager_stop()
         self.accounts.stop()
         for task in self._tasks:
             kill = getattr(task, "kill", None)
@@ -103,6 +119,8 @@ class Services:
         self.registry.close()
         self.ollama.close()
         self.database.dispose()
+        if self.redis is not None:
+            self.redis.close()
         return self.nvml.shutdown()
 
 

@@ -14,5 +14,5 @@ def init_app(app, services) -> None:
     app.register_blueprint(routes.bp)
     app.register_blueprint(users.bp)
     app.register_blueprint(keys.bp)
-    routes.init_throttle(app, services.config)
+    routes.init_throttle(app, services.config, services.redis)
     services.accounts.ensure_bootstrap_admin(services.config.auth_username, admin_password_hash(services.config))

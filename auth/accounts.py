@@ -123,6 +123,7 @@ class Accounts:
         self._keys: dict[str, ApiKey] = {}               # key sha256 -> key
         self._key_used: dict[str, float] = {}            # key id -> last use not yet written
         self._listeners: list[Listener] = []
+        self._change_listeners: list[Callable[[int], None]] = []
         self._next_expiry = math.inf
         self._stopping = False
 
@@ -131,6 +132,10 @@ class Accounts:
     def add_listener(self, listener: Listener) -> None:
         """Call `listener(Ended(...))` whenever a session, a key or a user's access ends."""
         self._listeners.append(listener)
+
+    def add_change_listener(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(user_id)` whenever a user's record changes (a role change, say)."""
+        self._change_listeners.append(listener)
 
     def _notify(self, ended: Ended) -> None:
         for listener in self._listeners:
@@ -272,6 +277,9 @@ class Accounts:
         if ends_access:
             self._notify(Ended(user_id=user_id, keep_session_sha256=keep_session_sha256,
                                key_id="*" if end_keys else None))
+        elif values:
+            for listener in self._change_listeners:
+                listener(user_id)
         return user
 
     def delete_user(self, user_id: int) -> bool:
@@ -353,6 +361,18 @@ class Accounts:
         if removed or cached:
             self._notify(Ended(session_sha256=sha))
         return removed or cached
+
+    def forget_cached_user(self, user_id: int) -> None:
+        """Drop a user another process changed; the next request reads it from the database."""
+        with self._lock:
+            self._users.pop(user_id, None)
+
+    def forget_all_cached(self) -> None:
+        """Drop every cached user, session and key (after missing other processes' news)."""
+        with self._lock:
+            self._users.clear()
+            self._sessions.clear()
+            self._keys.clear()
 
     def forget_cached(self, ended: Ended) -> None:
         """Drop cached entries another process ended (its database rows are gone already)."""

@@ -24,9 +24,13 @@ THROTTLE_KEY = "login_throttle"
 _DUMMY_HASH_KEY = "auth.dummy_hash"
 
 
-def init_throttle(app: Flask, config) -> LoginThrottle:
-    """Throttle logins: N failures per window from one client address (or for one user name), then 429."""
-    throttle = LoginThrottle(config.login_max_failures, config.login_max_user_failures, config.login_window_s)
+def init_throttle(app: Flask, config, link=None) -> LoginThrottle:
+    """Throttle logins: N failures per window from one client address (or for one user name), then 429.
+
+    With a RedisLink the counts are shared by every process of the fleet.
+    """
+    throttle = LoginThrottle(config.login_max_failures, config.login_max_user_failures, config.login_window_s,
+                             link=link)
     app.extensions[THROTTLE_KEY] = throttle
     return throttle
 

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import concurrency
 from errors import ApiError, NotFoundError
 from ollama_client.client import OllamaClient, PullStream
+from ollama_client.download_owners import RENEW_EVERY_S, DownloadOwners
 from ollama_client.history import DownloadHistory
 from ollama_client.formatting import iso_time, percent_text
 
@@ -30,6 +31,7 @@ START_WAIT_S = 10.0
 SHUTDOWN_MESSAGE = "interrupted: server shutting down"
 MAX_RUNNING_PERCENT = 99.9
 SHUTDOWN_FLUSH_S = 0.2
+CLAIM_CHECK_S = 0.5  # how soon another process may start a model's pull after this one's ended
 
 Publish = Callable[[str, dict[str, Any]], None]
 
@@ -142,8 +144,9 @@ class DownloadManager:
 
     def __init__(self, client: OllamaClient, publish: Publish, *, clock: Callable[[], float] = time.time,
                  min_interval_s: float = MIN_EVENT_INTERVAL_S, start_wait_s: float = START_WAIT_S,
-                 history: DownloadHistory | None = None):
+                 history: DownloadHistory | None = None, owners: DownloadOwners | None = None):
         self._client = client
+        self._owners = owners  # with REDIS_URL: one process of this node runs each model's pull
         self._history = history
         if history is not None:
             history.interrupt_leftovers(clock())
@@ -168,17 +171,34 @@ class DownloadManager:
                 raise ApiError("the server is shutting down", status=503)
             job = self._jobs.get(key)
             joined = job is not None and job.running
+            if not joined and self._owners is not None and not self._owners.claim(key):
+                # Another process of this node runs it; its events reach our clients through the queue.
+                return DownloadJob(model_name=model_name, started_at=self._clock()), True
             if not joined:
                 job = DownloadJob(model_name=model_name, started_at=self._clock(), started=concurrency.Event())
                 if self._history is not None:
                     job.record_id = self._saved(lambda h: h.start(model_name, job.started_at))
                 self._jobs[key] = job
                 job.thread = concurrency.spawn(self._run, job)
+                if self._owners is not None:
+                    concurrency.spawn(self._hold_claim, key, job)
         # Wait for the upstream's answer; a joiner waits on the same event.
         job.started.wait(self._start_wait_s)
         if job.start_error is not None:
             raise job.start_error
         return job, joined
+
+    def _hold_claim(self, key: str, job: DownloadJob) -> None:
+        """Renew this process's claim on the model while its pull runs; release it soon after."""
+        renewed = concurrency.monotonic()
+        try:
+            while job.running:
+                concurrency.sleep(CLAIM_CHECK_S)
+                if job.running and concurrency.monotonic() - renewed >= RENEW_EVERY_S:
+                    self._owners.renew(key)
+                    renewed = concurrency.monotonic()
+        finally:
+            self._owners.release(key)
 
     def _run(self, job: DownloadJob) -> None:
         """Read one pull stream to its end (the green thread's body)."""

@@ -84,9 +84,13 @@ class SocketHub:
             self.socketio.server.disconnect(sid, namespace=NAMESPACE)
 
     def publish_vram(self, body: dict[str, Any]) -> None:
-        """Send a reading to every authenticated socket, and keep it for the ones that connect next."""
+        """Send a reading to every authenticated socket of this process, and keep it for the next ones.
+
+        Never through the message queue: `vram_update` is this node's own reading (each process
+        reads its own GPUs); every node's reaches every client as `fleet_update`.
+        """
         self._latest_vram = body
-        self.broadcast("vram_update", body)
+        self.socketio.emit("vram_update", body, to=AUTHENTICATED_ROOM, ignore_queue=True)
 
     def broadcast(self, event: str, payload: Any) -> None:
         """Send an event to every authenticated socket (encoded once: see sockets.broadcast)."""

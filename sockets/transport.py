@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 from flask import Flask
@@ -12,10 +12,21 @@ import concurrency
 from security import SECURITY_HEADERS
 from sockets.broadcast import BroadcastManager
 
+if TYPE_CHECKING:
+    from fleet.link import RedisLink
 
-def create_socketio(app: Flask, cors_allowed_origins: tuple[str, ...]) -> SocketIO:
-    """Build Flask-SocketIO on the app, with the broadcast manager and the error middleware."""
-    manager = BroadcastManager()
+
+def create_socketio(app: Flask, cors_allowed_origins: tuple[str, ...], link: RedisLink | None = None) -> SocketIO:
+    """Build Flask-SocketIO on the app, with the broadcast manager and the error middleware.
+
+    With a RedisLink (REDIS_URL) the manager is the message queue's, delivering locally the same way.
+    """
+    if link is not None:
+        from sockets.queue import RedisBroadcastManager
+
+        manager: BroadcastManager = RedisBroadcastManager(link)
+    else:
+        manager = BroadcastManager()
     socketio = SocketIO(app, async_mode=concurrency.ASYNC_MODE, client_manager=manager,
                         cors_allowed_origins=origin_checker(cors_allowed_origins),
                         logger=False, engineio_logger=False)

@@ -65,7 +65,9 @@ def team(client, auth):
 
 def protected_routes(app):
     """(method, url, rule) for every protected route of the URL map, with sample arguments."""
-    samples = {"username": "nobody", "key_id": "0000", "rest": "/api/tags"}
+    # A forward to an unknown node of a route any credential may use: the node's 404 for every role.
+    samples = {"username": "nobody", "key_id": "0000", "rest": "/api/tags", "node": "no-such-node",
+               "path": "auth/me"}
     for rule in app.url_map.iter_rules():
         if not (rule.rule.startswith(("/api/", "/ollama")) or rule.rule == "/metrics"):
             continue
@@ -74,7 +76,8 @@ def protected_routes(app):
             continue  # public
         url = rule.rule
         for argument in rule.arguments:
-            url = url.replace(f"<{argument}>", samples[argument]).replace(f"<proxy_any:{argument}>", samples[argument])
+            for form in (f"<{argument}>", f"<proxy_any:{argument}>", f"<path:{argument}>"):
+                url = url.replace(form, samples[argument])
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             yield method, url, declared
 

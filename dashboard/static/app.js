@@ -14,6 +14,7 @@ import {Pages} from './js/pages.js';
 import {canManageModels} from './js/roles.js';
 import {UsagePage} from './js/usage.js';
 import {UsersPage} from './js/users.js';
+import {FleetPanel} from './js/fleet.js';
 
 const gpus = new GpuPanel();
 const chart = new VramChart();
@@ -24,6 +25,7 @@ const audit = new AuditPage();
 const usage = new UsagePage();
 const account = new AccountPage();
 const pages = new Pages({users, keys, audit, usage, account});
+const fleet = new FleetPanel();
 let socket = null;
 let live = false;
 let generation = 0;  // bumped by every start and stop, so a stale start gives up
@@ -179,6 +181,8 @@ function connectSocket() {
     chart.push(status);
   });
   socket.on('model_download_progress', (event) => models.onProgress(event));
+  socket.on('fleet_update', (event) => fleet.onUpdate(event));
+  fleet.start();
 }
 
 /** True while the stored token is still good; a 401 sends us to the login page. */
@@ -192,6 +196,7 @@ async function verifySession() {
 }
 
 function stopLive() {
+  fleet.stop();
   live = false;
   generation += 1;
   if (socket) {
