@@ -17,19 +17,24 @@ from typing import Callable
 
 from flask import Flask
 
+import alerts
 import audit
 import auth
 import usage
 import dashboard
 import errors
 import health
+import metrics
 import ollama_client
 import ollama_client.proxy
 import openapi_doc
 import security
 import server
+import settings
 import sockets
 import vram
+from alerts.engine import AlertEngine
+from alerts.webhook import WebhookSender
 from audit.log import AuditLog
 from auth.accounts import Accounts
 from auth.credentials import principal_for
@@ -40,6 +45,7 @@ from ollama_client.history import DownloadHistory
 from usage.log import UsageLog
 from db import Database, DatabaseStartupError, default_url, describe_url, open_database
 from services import Services
+from settings.store import RuntimeSettings
 from ollama_client.fit_service import FitAdvisor
 from ollama_client.model_index import ModelIndex
 from ollama_client.registry import RegistryClient
@@ -51,7 +57,7 @@ log = logging.getLogger("vram_dashboard")
 # Each registers its routes and hooks through the same door, init_app(app, services). Order is
 # the order of their before_request hooks: malformed input is refused before credentials are checked.
 PACKAGES = (errors, security, auth, audit, usage, health, vram, ollama_client, ollama_client.proxy,
-            dashboard, openapi_doc)
+            alerts, settings, metrics, dashboard, openapi_doc)
 
 
 class DashboardFlask(Flask):
@@ -88,15 +94,21 @@ def create_app(config: Config | None = None, *, nvml_reader: NvmlReader | None =
     registry = RegistryClient(config.ollama_allowed_registries)
     hub = sockets.SocketHub(sockets.create_socketio(app, config.cors_allowed_origins), principal_for)
     accounts.add_listener(hub.credentials_ended)
-    poller = VramPoller(reader, config.vram_poll_interval_s, publish=hub.publish_vram,
-                        annotate=Attributor(model_index.name_for_blob, on_unknown=model_index.request_refresh))
+    runtime_settings = RuntimeSettings(config, database, clock=clock)  # the environment, under the API's values
+    webhook = WebhookSender(lambda: runtime_settings.value("alert_webhook_url"))
+    alert_engine = AlertEngine(database, runtime_settings, ollama_reachable=ollama.is_reachable,
+                               notify=(lambda alert: hub.broadcast("vram_alert", alert), webhook.send), clock=clock)
+    poller = VramPoller(reader, runtime_settings.value("vram_poll_interval_s"), publish=hub.publish_vram,
+                        annotate=Attributor(model_index.name_for_blob, on_unknown=model_index.request_refresh),
+                        on_reading=(alert_engine.observe,))
     services = Services(
         config=config, nvml=reader, database=database, accounts=accounts, hub=hub, ollama=ollama, poller=poller,
         audit=AuditLog(database, config.audit_retention_days, clock=clock),
         usage=UsageLog(database, config.audit_retention_days, clock=clock),
         downloads=DownloadManager(ollama, hub.broadcast, clock=clock, history=DownloadHistory(database)),
         model_index=model_index, registry=registry,
-        fit=FitAdvisor(ollama, model_index, registry, poller.latest_snapshot))
+        fit=FitAdvisor(ollama, model_index, registry, poller.latest_snapshot),
+        settings=runtime_settings, alerts=alert_engine, webhook=webhook)
     services.attach(app)
     for package in PACKAGES:
         package.init_app(app, services)

@@ -9,6 +9,8 @@ from flask import Flask, current_app
 from flask_socketio import SocketIO
 
 import concurrency
+from alerts.engine import AlertEngine
+from alerts.webhook import WebhookSender
 from audit.log import AuditLog
 from auth.accounts import Accounts
 from config import Config
@@ -19,6 +21,7 @@ from ollama_client.downloads import DownloadManager
 from ollama_client.fit_service import FitAdvisor
 from ollama_client.model_index import ModelIndex
 from ollama_client.registry import RegistryClient
+from settings.store import RuntimeSettings
 from sockets.hub import SocketHub
 from usage.log import UsageLog
 from vram.nvml import NvmlReader
@@ -46,6 +49,9 @@ class Services:
     model_index: ModelIndex   # blob digest -> model name
     registry: RegistryClient  # manifests and GGUF headers of models not downloaded
     fit: FitAdvisor
+    settings: RuntimeSettings  # the values GET/PATCH /api/settings read and change
+    alerts: AlertEngine
+    webhook: WebhookSender
     _tasks: list[Any] = field(default_factory=list, repr=False)
     _stopping: bool = field(default=False, repr=False)
 
@@ -101,6 +107,7 @@ class Services:
                 kill()
         self._tasks = []
         self.registry.close()
+        self.webhook.close()
         self.ollama.close()
         self.database.dispose()
         return self.nvml.shutdown()
