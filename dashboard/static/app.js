@@ -6,10 +6,14 @@ import {MAX_POINTS, VramChart, WINDOW_S} from './js/chart.js';
 import {$, announce, setText} from './js/dom.js';
 import {GpuPanel} from './js/gpu.js';
 import {ModelsPanel} from './js/models.js';
+import {AlertsPanel} from './js/alerts.js';
+import {SettingsPanel} from './js/settings.js';
 
 const gpus = new GpuPanel();
 const chart = new VramChart();
 const models = new ModelsPanel();
+const alerts = new AlertsPanel();
+const settings = new SettingsPanel();
 let socket = null;
 let live = false;
 let generation = 0;  // bumped by every start and stop, so a stale start gives up
@@ -111,6 +115,8 @@ async function startLive() {
   gpus.reset();
   chart.reset();
   models.start();
+  alerts.start();
+  settings.start();
   setLive('connecting', 'Connecting…');
   try {
     const samples = await loadHistory();
@@ -156,6 +162,7 @@ function connectSocket() {
     chart.push(status);
   });
   socket.on('model_download_progress', (event) => models.onProgress(event));
+  socket.on('vram_alert', (alert) => alerts.onAlert(alert));
 }
 
 /** True while the stored token is still good; a 401 sends us to the login page. */
@@ -177,6 +184,8 @@ function stopLive() {
     socket = null;
   }
   models.stop();
+  alerts.stop();
+  settings.stop();
   gpus.reset();
   chart.reset();
 }
