@@ -154,8 +154,12 @@ class VramPoller:
                 # We fell behind (a slow driver) or the interval shrank: skip missed slots rather
                 # than bursting.
                 following = now + self.interval_s - ((now - following) % self.interval_s)
-            if not self._wake.wait(max(0.0, following - now)) or self._stopping:
+            if not self._sleep(max(0.0, following - now)) or self._stopping:
                 return following
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep `seconds` (green); return True when set_interval() or stop() cut it short."""
+        return self._wake.wait(seconds)
 
     def stop(self) -> None:
         """Make run() return after the tick in progress (the caller may also kill its task)."""
