@@ -17,6 +17,7 @@ from typing import Callable
 
 from flask import Flask
 
+import alerts
 import audit
 import auth
 import usage
@@ -24,13 +25,17 @@ import dashboard
 import errors
 import fleet
 import health
+import metrics
 import ollama_client
 import ollama_client.proxy
 import openapi_doc
 import security
 import server
+import settings
 import sockets
 import vram
+from alerts.engine import AlertEngine
+from alerts.webhook import WebhookSender
 from audit.log import AuditLog
 from auth.accounts import Accounts
 from auth.credentials import principal_for
@@ -45,6 +50,7 @@ from fleet.link import RedisLink, check_reachable, describe_url as describe_redi
 from fleet.registry import Fleet
 from ollama_client.download_owners import DownloadOwners
 from services import Services
+from settings.store import RuntimeSettings
 from ollama_client.fit_service import FitAdvisor
 from ollama_client.model_index import ModelIndex
 from ollama_client.registry import RegistryClient
@@ -56,7 +62,7 @@ log = logging.getLogger("vram_dashboard")
 # Each registers its routes and hooks through the same door, init_app(app, services). Order is
 # the order of their before_request hooks: malformed input is refused before credentials are checked.
 PACKAGES = (errors, security, auth, audit, usage, health, vram, ollama_client, ollama_client.proxy,
-            fleet, dashboard, openapi_doc)
+            fleet, alerts, settings, metrics, dashboard, openapi_doc)
 
 
 class DashboardFlask(Flask):
@@ -96,6 +102,10 @@ def create_app(config: Config | None = None, *, nvml_reader: NvmlReader | None =
     hub = sockets.SocketHub(sockets.create_socketio(app, config.cors_allowed_origins, link), principal_for)
     accounts.add_listener(hub.credentials_ended)
     bus = CredentialBus(link, accounts, hub.credentials_ended) if link is not None else None
+    runtime_settings = RuntimeSettings(config, database, clock=clock)  # the environment, under the API's values
+    webhook = WebhookSender(lambda: runtime_settings.value("alert_webhook_url"))
+    alert_engine = AlertEngine(database, runtime_settings, ollama_reachable=ollama.is_reachable,
+                               notify=(lambda alert: hub.broadcast("vram_alert", alert), webhook.send), clock=clock)
 
     def nvml_ok() -> bool:
         polled = poller.latest
@@ -105,11 +115,13 @@ def create_app(config: Config | None = None, *, nvml_reader: NvmlReader | None =
         polled = poller.latest
         return None if polled is None else polled.body
 
-    fleet_view = Fleet(config.node_name, config.public_url or _local_url(config), config.vram_poll_interval_s,
+    interval_s = runtime_settings.value("vram_poll_interval_s")
+    fleet_view = Fleet(config.node_name, config.public_url or _local_url(config), interval_s,
                        latest_status=latest_status, nvml_ok=nvml_ok, ollama_ok=ollama.is_reachable,
                        broadcast=hub.broadcast, publish_vram=hub.publish_vram, link=link, clock=clock)
-    poller = VramPoller(reader, config.vram_poll_interval_s, publish=fleet_view.publish_vram,
-                        annotate=Attributor(model_index.name_for_blob, on_unknown=model_index.request_refresh))
+    poller = VramPoller(reader, interval_s, publish=fleet_view.publish_vram,
+                        annotate=Attributor(model_index.name_for_blob, on_unknown=model_index.request_refresh),
+                        on_reading=(alert_engine.observe,))
     services = Services(
         config=config, nvml=reader, database=database, accounts=accounts, hub=hub, ollama=ollama, poller=poller,
         audit=AuditLog(database, config.audit_retention_days, clock=clock),
@@ -118,7 +130,7 @@ def create_app(config: Config | None = None, *, nvml_reader: NvmlReader | None =
                                   owners=DownloadOwners(link, config.node_name) if link is not None else None),
         model_index=model_index, registry=registry,
         fit=FitAdvisor(ollama, model_index, registry, poller.latest_snapshot),
-        fleet=fleet_view, redis=link, bus=bus)
+        fleet=fleet_view, redis=link, bus=bus, settings=runtime_settings, alerts=alert_engine, webhook=webhook)
     services.attach(app)
     for package in PACKAGES:
         package.init_app(app, services)

@@ -261,10 +261,34 @@ def _parse_public_url(raw: Any) -> str | None:
     return text
 
 
+def parse_webhook_url(raw: Any) -> str | None:
+    """An http(s) URL with a host, or empty (None): where alert transitions are POSTed.
+
+    >>> parse_webhook_url("https://hooks.example.com/x?y=1"), parse_webhook_url("")
+    ('https://hooks.example.com/x?y=1', None)
+    """
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if not isinstance(raw, str):
+        raise ValueError("must be an http:// or https:// URL, or empty")
+    text = raw.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ValueError(f"{text!r} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host, or empty")
+    if len(text) > 2000 or any(not ch.isprintable() or ch.isspace() for ch in text):
+        raise ValueError("must be at most 2000 characters without spaces or control characters")
+    return text
+
+
 OllamaHost = Annotated[str, BeforeValidator(parse_ollama_host)]
 RedisUrl = Annotated[str | None, BeforeValidator(_parse_redis_url)]
 NodeName = Annotated[str, BeforeValidator(_parse_node_name)]
 PublicUrl = Annotated[str | None, BeforeValidator(_parse_public_url)]
+WebhookUrl = Annotated[str | None, BeforeValidator(parse_webhook_url)]
 DatabaseUrl = Annotated[str | None, BeforeValidator(_parse_database_url)]
 AllowedHosts = Annotated[tuple[str, ...], BeforeValidator(_parse_allowed_hosts)]
 BindHost = Annotated[str, BeforeValidator(_parse_bind_host)]
@@ -322,6 +346,11 @@ class Config(BaseSettings):
     redis_url: RedisUrl = Field(None, alias="REDIS_URL", **_SECRET)
     node_name: NodeName = Field(default_factory=socket.gethostname, alias="DASHBOARD_NODE_NAME")
     public_url: PublicUrl = Field(None, alias="DASHBOARD_PUBLIC_URL")
+    alert_vram_percent: float = Field(90.0, alias="ALERT_VRAM_PERCENT", ge=1, le=100)
+    alert_temperature_c: float = Field(85.0, alias="ALERT_TEMPERATURE_C", ge=1, le=150)
+    alert_for_seconds: float = Field(10.0, alias="ALERT_FOR_SECONDS", ge=0, le=86400)
+    alert_webhook_url: WebhookUrl = Field(None, alias="ALERT_WEBHOOK_URL", **_SECRET)  # may hold a token
+    metrics_auth: Bool = Field(True, alias="METRICS_AUTH")
 
     # Not variables: fixed by the contract, fields so that tests can change them.
     max_api_body_bytes: int = 1024 * 1024

@@ -9,6 +9,8 @@ from flask import Flask, current_app
 from flask_socketio import SocketIO
 
 import concurrency
+from alerts.engine import AlertEngine
+from alerts.webhook import WebhookSender
 from audit.log import AuditLog
 from auth.accounts import Accounts
 from config import Config
@@ -22,6 +24,7 @@ from ollama_client.downloads import DownloadManager
 from ollama_client.fit_service import FitAdvisor
 from ollama_client.model_index import ModelIndex
 from ollama_client.registry import RegistryClient
+from settings.store import RuntimeSettings
 from sockets.hub import SocketHub
 from usage.log import UsageLog
 from vram.nvml import NvmlReader
@@ -50,6 +53,9 @@ class Services:
     registry: RegistryClient  # manifests and GGUF headers of models not downloaded
     fit: FitAdvisor
     fleet: Fleet              # this node's entry and every node's (this one alone without REDIS_URL)
+    settings: RuntimeSettings  # the values GET/PATCH /api/settings read and change
+    alerts: AlertEngine
+    webhook: WebhookSender
     redis: RedisLink | None = None     # REDIS_URL, when the server is one of several
     bus: CredentialBus | None = None   # ended credentials to and from the other processes
     _tasks: list[Any] = field(default_factory=list, repr=False)
@@ -117,6 +123,7 @@ class Services:
                 kill()
         self._tasks = []
         self.registry.close()
+        self.webhook.close()
         self.ollama.close()
         self.database.dispose()
         if self.redis is not None:

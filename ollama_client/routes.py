@@ -167,7 +167,7 @@ def load_model():
     """Load a model into memory; answers once Ollama has loaded it."""
     body, name = _read_model_name()
     services = _services()
-    keep_alive = _keep_alive(body, services.config.ollama_load_keep_alive)
+    keep_alive = _keep_alive(body, services.settings.value("load_keep_alive"))  # PATCH /api/settings
     require_fit, make_room = _flag(body, "require_fit"), _flag(body, "make_room")
     unloaded: list[str] = []
     if require_fit or make_room:

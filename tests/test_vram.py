@@ -56,7 +56,7 @@ def test_run_schedules_against_a_deadline(monkeypatch):
         sleeps.append(round(seconds, 6))
         now[0] += seconds
 
-    monkeypatch.setattr(concurrency, "sleep", fake_sleep)
+    monkeypatch.setattr(VramPoller, "_sleep", lambda self, s: fake_sleep(s) or False)
     poller = VramPoller(ScriptedReader(), 2.0)
 
     def slow_tick():
@@ -73,7 +73,8 @@ def test_run_skips_missed_slots_instead_of_bursting(monkeypatch):
     now = [0.0]
     sleeps = []
     monkeypatch.setattr(concurrency, "monotonic", lambda: now[0])
-    monkeypatch.setattr(concurrency, "sleep", lambda s: (sleeps.append(round(s, 6)), now.__setitem__(0, now[0] + s)))
+    monkeypatch.setattr(VramPoller, "_sleep", lambda self, s: (sleeps.append(round(s, 6)), now.__setitem__(0, now[0] + s))
+                        and False)
     poller = VramPoller(ScriptedReader(), 2.0)
     durations = [5.0, 0.5]
 
@@ -89,7 +90,7 @@ def test_run_skips_missed_slots_instead_of_bursting(monkeypatch):
 
 
 def test_run_survives_a_failing_tick(monkeypatch, caplog):
-    monkeypatch.setattr(concurrency, "sleep", lambda s: None)
+    monkeypatch.setattr(VramPoller, "_sleep", lambda self, s: False)
     poller = VramPoller(ScriptedReader(), 2.0)
     calls = []
 

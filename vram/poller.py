@@ -10,7 +10,7 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import concurrency
 from vram.snapshot import VramSnapshot
@@ -69,8 +69,10 @@ class VramPoller:
 
     def __init__(self, reader: SnapshotReader, interval_s: float,
                  publish: Callable[[dict[str, Any]], None] | None = None,
-                 annotate: Callable[[VramSnapshot], VramSnapshot] | None = None):
+                 annotate: Callable[[VramSnapshot], VramSnapshot] | None = None,
+                 on_reading: Iterable[Callable[[PolledSnapshot], None]] = ()):
         self._reader = reader
+        self._on_reading = tuple(on_reading)  # after publishing, e.g. alerts.AlertEngine.observe
         self._annotate = annotate  # e.g. vram.attribution.Attributor: adds `model` to processes
         self.interval_s = interval_s
         self._publish = publish
@@ -81,6 +83,7 @@ class VramPoller:
         self._history: deque[tuple] = deque(maxlen=min(samples, HISTORY_MAX_SAMPLES))
         self._stopping = False
         self._readings = itertools.count(1)
+        self._wake = concurrency.Event()  # set_interval() and stop() cut the sleep short
 
     @property
     def latest(self) -> PolledSnapshot | None:
@@ -118,7 +121,17 @@ class VramPoller:
         self._first_reading.set()
         if self._publish is not None:
             self._publish(body)
+        for hook in self._on_reading:
+            try:
+                hook(polled)
+            except Exception:  # one broken hook must not cost the others (or the next poll)
+                log.exception("a VRAM reading hook failed")
         return polled
+
+    def set_interval(self, interval_s: float) -> None:
+        """Poll every `interval_s` from now on: the sleep in progress is rescheduled at once."""
+        self.interval_s = interval_s
+        self._wake.set()
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Return the last `limit` samples (all by default), oldest first."""
@@ -151,13 +164,26 @@ class VramPoller:
                 log.exception("VRAM poll failed; retrying at the next interval")
             if self._stopping:
                 break
-            deadline += self.interval_s
+            deadline = self._sleep_until_next(deadline)
+
+    def _sleep_until_next(self, deadline: float) -> float:
+        """Sleep until the slot after `deadline`; return it. A new interval reschedules from `deadline`."""
+        while True:
+            self._wake.clear()
+            following = deadline + self.interval_s
             now = concurrency.monotonic()
-            if deadline < now:
-                # We fell behind (a slow driver): skip missed slots rather than bursting.
-                deadline = now + self.interval_s - ((now - deadline) % self.interval_s)
-            concurrency.sleep(max(0.0, deadline - now))
+            if following < now:
+                # We fell behind (a slow driver) or the interval shrank: skip missed slots rather
+                # than bursting.
+                following = now + self.interval_s - ((now - following) % self.interval_s)
+            if not self._sleep(max(0.0, following - now)) or self._stopping:
+                return following
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep `seconds` (green); return True when set_interval() or stop() cut it short."""
+        return self._wake.wait(seconds)
 
     def stop(self) -> None:
         """Make run() return after the tick in progress (the caller may also kill its task)."""
         self._stopping = True
+        self._wake.set()

@@ -15,6 +15,8 @@ import {canManageModels} from './js/roles.js';
 import {UsagePage} from './js/usage.js';
 import {UsersPage} from './js/users.js';
 import {FleetPanel} from './js/fleet.js';
+import {AlertsPanel} from './js/alerts.js';
+import {SettingsPanel} from './js/settings.js';
 
 const gpus = new GpuPanel();
 const chart = new VramChart();
@@ -26,6 +28,8 @@ const usage = new UsagePage();
 const account = new AccountPage();
 const pages = new Pages({users, keys, audit, usage, account});
 const fleet = new FleetPanel();
+const alerts = new AlertsPanel();
+const settings = new SettingsPanel();
 let socket = null;
 let live = false;
 let generation = 0;  // bumped by every start and stop, so a stale start gives up
@@ -136,6 +140,8 @@ async function startLive() {
   gpus.reset();
   chart.reset();
   models.start();
+  alerts.start();
+  settings.start();
   setLive('connecting', 'Connecting…');
   try {
     const samples = await loadHistory();
@@ -183,6 +189,7 @@ function connectSocket() {
   socket.on('model_download_progress', (event) => models.onProgress(event));
   socket.on('fleet_update', (event) => fleet.onUpdate(event));
   fleet.start();
+  socket.on('vram_alert', (alert) => alerts.onAlert(alert));
 }
 
 /** True while the stored token is still good; a 401 sends us to the login page. */
@@ -205,6 +212,8 @@ function stopLive() {
     socket = null;
   }
   models.stop();
+  alerts.stop();
+  settings.stop();
   gpus.reset();
   chart.reset();
 }
