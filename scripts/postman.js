@@ -39,6 +39,12 @@ const ALSO_EXPECTED = {
   // The bootstrap administrator's password comes from the environment: 409, nothing changed.
   // (Any other user sets the password it has, which ends its other sessions only.)
   "POST /api/auth/password": [409],
+  // The collection's server is a fleet of one; the example node name is not one of its nodes.
+  "GET /api/nodes/{node}/{path}": [404],
+  "POST /api/nodes/{node}/{path}": [404],
+  "PUT /api/nodes/{node}/{path}": [404],
+  "PATCH /api/nodes/{node}/{path}": [404],
+  "DELETE /api/nodes/{node}/{path}": [404],
 };
 // Request bodies that use the environment's variables instead of the document's example.
 const BODIES = {
