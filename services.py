@@ -117,6 +117,10 @@ class Services:
         if manager_stop is not None:
             manager_stop()
         self.accounts.stop()
+        try:
+            self.usage.flush()  # the last batch of proxied requests
+        except ApiError as exc:
+            log.warning("usage not written at shutdown: %s", exc.message)
         for task in self._tasks:
             kill = getattr(task, "kill", None)
             if kill is not None:
