@@ -26,7 +26,11 @@ INSTALL_HINT = "run ./scripts/test.sh once (it installs Debian's postgresql and 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        callspec = getattr(item, "callspec", None)
+        # A test parametrized onto PostgreSQL (tests/test_teams.py's database_url) asks for the
+        # server inside its fixture; its parameter says so.
+        on_postgres = callspec is not None and "postgresql" in callspec.params.values()
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) or on_postgres:
             item.add_marker(pytest.mark.services)
 
 
