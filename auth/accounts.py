@@ -26,6 +26,7 @@ import concurrency
 from auth.models import ApiKeyRecord, SessionRecord, UserRecord
 from auth.permissions import ROLES
 from db import Database
+from errors import ApiError
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "vdk_"
@@ -159,7 +160,7 @@ class Accounts:
         self._stopping = True
         try:
             self.flush_key_use()
-        except Exception:  # the database may be gone at shutdown; last use is best effort
+        except ApiError:  # the database may be gone at shutdown; last use is best effort
             log.warning("could not write the API keys' last use at shutdown")
 
     # -- users -----------------------------------------------------------------------------------

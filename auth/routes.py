@@ -9,11 +9,12 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 import audit
 import services as services_module
 from auth.credentials import current_principal, current_session
-from auth.passwords import check_password_async, hash_password_like, validate_password
+from auth.accounts import iso
+from auth.passwords import check_password_async, hash_password, hash_password_like, validate_password
 from auth.permissions import ANY, OWN, public, require
 from auth.throttle import LoginThrottle
 from concurrency import run_in_thread
-from errors import UnauthorizedError
+from errors import ConflictError, UnauthorizedError
 from jsonbody import read_json_object, require_string
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def _dummy_hash() -> bytes:
     hashed = current_app.extensions.get(_DUMMY_HASH_KEY)
     if hashed is None:
         hashed = current_app.extensions[_DUMMY_HASH_KEY] = hash_password_like(
-            services_module.current().accounts.user_by_id(1))
+            services_module.current().accounts.user_by_name(services_module.current().config.auth_username))
     return hashed
 
 
@@ -87,8 +88,6 @@ def logout():
 def me():
     principal = current_principal()
     expires_at = principal.expires_at
-    from auth.accounts import iso
-
     return jsonify(username=principal.username, role=principal.role, expires_at=iso(expires_at),
                    auth=principal.auth)
 
@@ -107,12 +106,8 @@ def change_password():
         audit.record("password_change", target=principal.username, success=False, detail="wrong current password")
         raise UnauthorizedError("the current password is wrong")
     if user.source == "environment":
-        from errors import ConflictError
-
         raise ConflictError("this administrator's password comes from the environment "
                             "(DASHBOARD_AUTH_PASSWORD or DASHBOARD_AUTH_PASSWORD_HASH): change it there")
-    from auth.passwords import hash_password
-
     hashed = run_in_thread(hash_password, new)
     # Your other sessions end; the one you used and your API keys keep working.
     accounts.update_user(user.id, password_hash=hashed, keep_session_sha256=principal.session.token_sha256,

@@ -103,6 +103,8 @@ class Database:
         from alembic.config import Config as AlembicConfig
         from alembic.runtime.migration import MigrationContext
         from alembic.script import ScriptDirectory
+        from alembic.script.revision import RevisionError
+        from alembic.util.exc import CommandError
 
         config = AlembicConfig()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -117,7 +119,7 @@ class Database:
             raise
         except (SQLAlchemyError, OSError) as exc:
             raise DatabaseStartupError(_reason(exc)) from None
-        except Exception as exc:  # alembic raises its own CommandError for unknown revisions
+        except (CommandError, RevisionError) as exc:  # a revision this code does not know
             raise DatabaseStartupError(_reason(exc)) from None
         try:
             with self.engine.begin() as connection:

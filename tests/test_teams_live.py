@@ -53,3 +53,17 @@ def test_an_unusable_database_is_one_line_and_exit_2(tmp_path):
         assert result.returncode == 2, result.stderr
         assert len(lines) == 1 and lines[0].startswith("configuration error: DATABASE_URL") and says in lines[0]
         assert "secret-pw" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_database_written_by_a_newer_version_is_refused(tmp_path):
+    """A schema revision this code does not know stops the start-up with one reason, not a traceback."""
+    import sqlite3
+
+    from db import DatabaseStartupError, open_database
+
+    url = f"sqlite:///{tmp_path / 'dashboard.db'}"
+    open_database(url).dispose()
+    with sqlite3.connect(tmp_path / "dashboard.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'ffff'")
+    with pytest.raises(DatabaseStartupError, match="newer version|ffff"):
+        open_database(url)
