@@ -87,10 +87,13 @@ def principal_for(credential: str, *, allow_proxy_token: bool = False) -> Princi
 
 def authenticate(*, allow_proxy_token: bool = False) -> Principal:
     """Return the request's principal, or raise 401."""
-    if CREDENTIAL_PARAMETERS & {name.lower() for name in request.args}:
+    req = request._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not five
+    # Most requests have no query string: parsing one into request.args is skipped for them.
+    if req.query_string and CREDENTIAL_PARAMETERS & {name.lower() for name in req.args}:
         raise UnauthorizedError("credentials in the URL are refused: send Authorization: Bearer <token> "
                                 "or X-API-Key: <key> as a header")
-    credential = bearer_token(request.headers.get("Authorization")) or request.headers.get("X-API-Key", "").strip()
+    headers = req.headers
+    credential = bearer_token(headers.get("Authorization")) or headers.get("X-API-Key", "").strip()
     if not credential:
         raise UnauthorizedError("missing credentials: send Authorization: Bearer <token> (POST /api/auth/login) "
                                 "or X-API-Key: <key>")
@@ -144,14 +147,17 @@ def protect(app: Flask) -> None:
 
     @app.before_request
     def guard():
-        if request.method == "OPTIONS" or not is_protected(request.path):
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        path = req.path
+        if req.method == "OPTIONS" or not is_protected(path):
             return None
-        view = app.view_functions.get(request.endpoint) if request.endpoint else None
+        endpoint = req.endpoint
+        view = app.view_functions.get(endpoint) if endpoint else None
         rule = rule_of(view)
-        if rule is None or request.path in public_paths():  # the login, the OpenAPI document
+        if rule is None or path in public_paths():  # the login, the OpenAPI document
             return None
-        principal = authenticate(allow_proxy_token=request.path.startswith("/ollama"))
-        if request.routing_exception is not None:
+        principal = authenticate(allow_proxy_token=path.startswith("/ollama"))
+        if req.routing_exception is not None:
             return None  # 404 or 405, answered once the caller is known
         # A protected route that declares nothing is for administrators only (fail closed).
         authorize(principal, rule if isinstance(rule, Rule) else Rule(ADMIN))
