@@ -118,6 +118,9 @@ class Accounts:
         self._db = database
         self._lifetime_s = session_lifetime_s
         self._clock = clock
+        # Held by whoever changes the caches. The request path only reads them: a single dict.get is
+        # atomic, and the values are frozen dataclasses, so a reader sees the entry before or after
+        # a change, never half of one (and a removal made under the lock is seen by the next read).
         self._lock = threading.Lock()
         self._users: dict[int, User] = {}                # id -> user
         self._sessions: dict[str, Session] = {}          # token sha256 -> session
@@ -206,8 +209,7 @@ class Accounts:
         return user
 
     def user_by_id(self, user_id: int) -> User | None:
-        with self._lock:
-            user = self._users.get(user_id)
+        user = self._users.get(user_id)
         if user is not None:
             return user
         user = self._db.run(lambda s: _opt_user(s.get(UserRecord, user_id)))
@@ -336,8 +338,7 @@ class Accounts:
         if not token or token.startswith(KEY_PREFIX):
             return None
         sha = digest(token)
-        with self._lock:
-            session = self._sessions.get(sha)
+        session = self._sessions.get(sha)
         if session is None:
             session = self._db.run(lambda s: _opt_session(s, sha))
             if session is None:
@@ -425,8 +426,7 @@ class Accounts:
         if not secret.startswith(KEY_PREFIX):
             return None
         sha = digest(secret)
-        with self._lock:
-            key = self._keys.get(sha)
+        key = self._keys.get(sha)
         if key is None:
             key = self._db.run(lambda s: _opt_key(s, sha))
             if key is None:
