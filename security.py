@@ -108,8 +108,12 @@ def init_app(app: Flask, services: "Services") -> None:
     @app.after_request
     def add_headers(response):
         headers = response.headers
+        # A view may have set one itself. One pass over the names: Headers.setdefault (and `in`)
+        # raise and catch a BadRequestKeyError for every header that is absent, on every request.
+        present = {name.lower(): value for name, value in headers}
         for name, value in SECURITY_HEADERS:
-            headers.setdefault(name, value)
+            if name.lower() not in present:
+                headers.add(name, value)
         if response.mimetype == "text/html":
             host = request.host
             headers.setdefault(
@@ -118,7 +122,7 @@ def init_app(app: Flask, services: "Services") -> None:
                 "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
                 "form-action 'self'; frame-ancestors 'none'")
             headers.setdefault("X-Frame-Options", "DENY")
-        if request.path.startswith("/api/"):
+        if request.path.startswith("/api/") and present.get("cache-control") != "no-store":
             # API answers are per-user and may carry a token: never cache them.
             headers["Cache-Control"] = "no-store"
         return response

@@ -17,7 +17,8 @@ NO_READING_YET = "no VRAM reading yet: the first NVML poll has not finished; ret
 @bp.get("/status")
 @require(READ)
 def status():
-    polled = services.current().poller.wait_latest()
+    poller = services.current().poller
+    polled = poller.wait_latest()
     empty = {"gpu": None, "gpus": [], "processes": []}
     if polled is None:
         raise NvmlUnavailableError(NO_READING_YET, extra=empty, headers={"Retry-After": "1"})
@@ -28,7 +29,7 @@ def status():
     # Its age goes in headers: seconds since it was taken, and whether that is more than 3 poll
     # intervals (the driver stopped answering in time).
     age_s = polled.age_s()
-    stale = age_s > services.current().poller.stale_after_s
+    stale = age_s > poller.stale_after_s
     return snapshot_response(polled, {"X-Reading-Age": f"{age_s:.3f}",
                                       "X-Reading-Stale": "true" if stale else "false"})
 
@@ -37,19 +38,26 @@ def snapshot_response(polled, extra_headers: dict[str, str] | None = None) -> Re
     """Answer with a poll's prepared body: 304 if the client has it, gzip if it accepts that."""
     # security.py adds Cache-Control: no-store to every /api answer; a client that keeps the body
     # itself (a script, the dashboard's own poll) still revalidates with If-None-Match.
-    headers = {"ETag": polled.etag, "Vary": "Accept-Encoding", **(extra_headers or {})}
-    if_none_match = request.headers.get("If-None-Match")
+    compressible = len(polled.json_bytes) > GZIP_MIN_BYTES
+    headers = [("ETag", polled.etag), *(extra_headers or {}).items()]
+    if compressible:
+        # Only a body that may go compressed varies with Accept-Encoding.
+        headers.append(("Vary", "Accept-Encoding"))
+    # Read from the WSGI environ: Werkzeug's headers.get() builds and catches an exception (a
+    # BadRequestKeyError) for every header that is absent, and If-None-Match usually is.
+    environ = request.environ
+    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
     if if_none_match is not None and _matches(if_none_match, polled.etag):
         response = Response(status=304, headers=headers)
         response.headers.remove("Content-Type")  # a 304 has no body to describe
         return response
-    accept = request.headers.get("Accept-Encoding", "")
+    accept = environ.get("HTTP_ACCEPT_ENCODING", "")
     # A body that fits one packet gains nothing from gzip. The substring tests keep the common
     # request free of header parsing; Werkzeug's parser is asked only when weights are given
     # (so "gzip;q=0" is honoured).
-    if (len(polled.json_bytes) > GZIP_MIN_BYTES and "gzip" in accept
+    if (compressible and "gzip" in accept
             and ("q=" not in accept or request.accept_encodings["gzip"] > 0)):
-        headers["Content-Encoding"] = "gzip"
+        headers.append(("Content-Encoding", "gzip"))
         return Response(polled.gzip_bytes, mimetype="application/json", headers=headers)
     return Response(polled.json_bytes, mimetype="application/json", headers=headers)
 
