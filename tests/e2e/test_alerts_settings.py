@@ -76,7 +76,7 @@ def test_an_alert_that_fires_shows_a_toast_and_the_banner_naming_the_gpu_then_cl
     assert (firing["rule"], firing["gpu_index"], firing["value"]) == ("vram_high", 0, 93.6)
 
     # The condition keeps holding on every poll: still one alert, one toast.
-    time.sleep(1.0)
+    time.sleep(0.6)
     expect(toast).to_have_count(1)
     expect(item).to_have_count(1)
 
@@ -155,10 +155,10 @@ def test_an_admin_changes_a_threshold_in_the_settings_panel_and_it_applies_at_on
     assert settings(server)["sources"]["alert_for_seconds"] == "environment"
 
 
-@pytest.mark.parametrize("role", ["viewer", "operator"])
-def test_a_non_admin_sees_the_settings_read_only(page, server, make_user, role):
+def test_a_non_admin_sees_the_settings_read_only(page, server, make_user):
     patch_settings(server, alert_temperature_c=80, alert_webhook_url="http://127.0.0.1:9/hook")
-    log_in_as(page, make_user(role), PASSWORD)
+    # An operator: may manage models, so the panel cannot go by that; only an admin may edit.
+    log_in_as(page, make_user("operator"), PASSWORD)
     inputs = page.locator("#settings-form input")
     expect(inputs).to_have_count(6)
     for index in range(6):
