@@ -5,6 +5,8 @@ The tests skip only where Chromium (or Playwright) is missing on a developer's m
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import re
 from pathlib import Path
@@ -22,6 +24,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 VIEWPORT = {"width": 1280, "height": 800}
 ARTIFACTS = REPO / "tests" / "artifacts"
 POLL_INTERVAL_S = "0.2"
+PASSWORD = "e2e-password-1"  # of the users that make_user makes
+_names = itertools.count(1)
 
 try:
     from playwright.sync_api import sync_playwright
@@ -85,11 +89,17 @@ def nvml(fake_nvml_lib, tmp_path_factory) -> FakeNvml:
 
 
 @pytest.fixture(scope="module")
-def live_server(browser, nvml, fake_ollama_server, tmp_path_factory):
+def server_env_extra() -> dict[str, str]:
+    """More environment for this module's server; a module overrides it (e.g. ALERT_FOR_SECONDS)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def live_server(browser, nvml, fake_ollama_server, tmp_path_factory, server_env_extra):
     """One `python app.py` per module, with the fake NVML, the fake Ollama and fast polling."""
     server = start_server(tmp_path_factory.mktemp("e2e_server"), nvml_lib_dir=nvml.lib_path.parent,
                           nvml_scenario=nvml.scenario_path, ollama_url=fake_ollama_server.url,
-                          extra={"VRAM_POLL_INTERVAL_SECONDS": POLL_INTERVAL_S})
+                          extra={"VRAM_POLL_INTERVAL_SECONDS": POLL_INTERVAL_S, **server_env_extra})
     yield server
     server.stop()
 
@@ -101,9 +111,13 @@ def server(live_server: LiveServer, nvml: FakeNvml, fake_ollama) -> LiveServer:
     return live_server
 
 
-@pytest.fixture
-def page(browser, server, request):
-    """A fresh browser context at 1280×800 on the dashboard; a screenshot is saved on failure."""
+@contextlib.contextmanager
+def browser_page(browser, server: LiveServer, request):
+    """A fresh browser context at 1280×800 on `server`'s dashboard; a screenshot is saved on failure.
+
+    Meant for fixtures (the failure is known at their teardown): `page` here, and modules with
+    servers of their own (a fleet) that override `page`.
+    """
     context = browser.new_context(viewport=VIEWPORT, color_scheme="light", locale="en-US",
                                   timezone_id="UTC")
     page = context.new_page()
@@ -126,6 +140,13 @@ def page(browser, server, request):
     assert not unexpected, unexpected
 
 
+@pytest.fixture
+def page(browser, server, request):
+    """A fresh browser context at 1280×800 on the dashboard; a screenshot is saved on failure."""
+    with browser_page(browser, server, request) as page:
+        yield page
+
+
 def log_in(page, server: LiveServer) -> None:
     """Log in through the form and wait for the live dashboard."""
     from playwright.sync_api import expect
@@ -135,6 +156,36 @@ def log_in(page, server: LiveServer) -> None:
     page.get_by_role("button", name="Log in").click()
     expect(page.locator("#dashboard-view")).to_be_visible()
     expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+
+
+def log_in_as(page, username: str, password: str) -> None:
+    """Log in through the form as this user and wait for the live dashboard."""
+    from playwright.sync_api import expect
+
+    form = page.locator("#login-form")
+    form.get_by_label("User name").fill(username)
+    form.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#dashboard-view")).to_be_visible()
+    expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+
+
+@pytest.fixture
+def make_user(server: LiveServer):
+    """make_user(role) -> name: a user made through the API (password PASSWORD), deleted afterwards."""
+    made: list[str] = []
+
+    def make(role: str = "viewer", prefix: str = "e2e") -> str:
+        name = f"{prefix}-{role}-{next(_names)}"
+        response = requests.post(f"{server.url}/api/users", headers=server.headers(),
+                                 json={"username": name, "password": PASSWORD, "role": role}, timeout=10)
+        assert response.status_code == 201, response.text
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        requests.delete(f"{server.url}/api/users/{name}", headers=server.headers(), timeout=10)
 
 
 @pytest.fixture

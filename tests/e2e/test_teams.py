@@ -9,45 +9,16 @@ import requests
 
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import api_get, api_token  # noqa: E402
+from tests.e2e.conftest import PASSWORD, api_get, api_token, log_in_as  # noqa: E402
 from tests.live import LiveServer, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "e2e-password-1"
 _names = itertools.count(1)
-
-
-def log_in_as(page, username: str, password: str) -> None:
-    """Log in through the form as this user and wait for the live dashboard."""
-    form = page.locator("#login-form")
-    form.get_by_label("User name").fill(username)
-    form.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.locator("#dashboard-view")).to_be_visible()
-    expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
 
 
 def api_login(server: LiveServer, username: str, password: str) -> requests.Response:
     return requests.post(f"{server.url}/api/auth/login", json={"username": username, "password": password}, timeout=10)
-
-
-@pytest.fixture
-def make_user(server: LiveServer):
-    """make_user(role) -> name: a user made through the API (password PASSWORD), deleted afterwards."""
-    made: list[str] = []
-
-    def make(role: str = "viewer", prefix: str = "e2e") -> str:
-        name = f"{prefix}-{role}-{next(_names)}"
-        response = requests.post(f"{server.url}/api/users", headers=server.headers(),
-                                 json={"username": name, "password": PASSWORD, "role": role}, timeout=10)
-        assert response.status_code == 201, response.text
-        made.append(name)
-        return name
-
-    yield make
-    for name in made:
-        requests.delete(f"{server.url}/api/users/{name}", headers=server.headers(), timeout=10)
 
 
 def open_page(page, name: str) -> None:

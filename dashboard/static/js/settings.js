@@ -50,7 +50,8 @@ export class SettingsPanel {
     for (const [name, , type] of FIELDS) {
       const raw = $(`setting-${name}`).value.trim();
       const before = previous.settings[name];
-      const value = type === 'number' ? Number(raw) : raw;
+      // An emptied number goes as null, for the server to refuse: Number('') would send 0.
+      const value = type === 'number' ? (raw === '' ? null : Number(raw)) : raw;
       if (String(before ?? '') !== raw) changes[name] = value;
     }
     if (!Object.keys(changes).length) {
