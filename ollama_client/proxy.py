@@ -40,6 +40,7 @@ ROUTE_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 # Cookie, Host, Content-Length (the body is re-framed) or hop-by-hop headers (Connection,
 # Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade, Proxy-*).
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "User-Agent")
+_ENVIRON_KEYS = {"Content-Type": "CONTENT_TYPE", "Accept": "HTTP_ACCEPT", "User-Agent": "HTTP_USER_AGENT"}
 # Only these upstream headers come back (Content-Length too, when Ollama sent one and did not
 # chunk); never Set-Cookie, Location (redirects are not followed), Content-Encoding (bodies are
 # relayed decoded; identity is asked for anyway) or hop-by-hop headers.
@@ -98,7 +99,11 @@ def _forward() -> Response:
         body = reader.body()
 
     names = FORWARDED_REQUEST_HEADERS if body is not None else FORWARDED_REQUEST_HEADERS[1:]
-    headers = {name: request.headers[name] for name in names if name in request.headers}
+    # From the WSGI environ: Werkzeug's `name in request.headers` raises and catches an exception
+    # for each absent header. Content-Type is the one CGI keeps without the HTTP_ prefix.
+    environ = request.environ
+    headers = {name: value for name, value in
+               ((name, environ.get(_ENVIRON_KEYS[name])) for name in names) if value is not None}
     # Ask for the bytes as they are: nothing to decode, nothing to re-encode, no buffering.
     headers["Accept-Encoding"] = "identity"
     timeout = (config.proxy_timeout_s, config.proxy_timeout_s)
@@ -181,7 +186,7 @@ class _BodyReader:
         request.max_content_length = limit
         if declared is not None:
             stream = request.stream  # limited to the declared length
-        elif "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        elif "chunked" in request.environ.get("HTTP_TRANSFER_ENCODING", "").lower():
             # Werkzeug would hand back an empty stream for a body without a length; the server
             # has already de-chunked wsgi.input and ends it where the body ends.
             stream = request.environ["wsgi.input"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 
 import concurrency
 from db import Database
@@ -46,7 +46,8 @@ class UsageLog:
         self._clock = clock
         self._flush_every_s = flush_every_s
         self._listeners: list[Callable[[Usage], None]] = []
-        self._pending: list[UsageRecord] = []
+        # (timestamp, usage) pairs: the request path appends a tuple; the rows are built in flush().
+        self._pending: list[tuple[float, Usage]] = []
         self._flusher: Any = None
 
     def record(self, usage: Usage) -> None:
@@ -57,7 +58,7 @@ class UsageLog:
 
     def record_later(self, usage: Usage) -> None:
         """Record in the next batch (within FLUSH_EVERY_S); the listeners hear of it at once."""
-        self._pending.append(UsageRecord(timestamp=self._clock(), **usage.__dict__))
+        self._pending.append((self._clock(), usage))
         self._tell(usage)
         if self._flusher is None:
             self._flusher = concurrency.spawn(self._flush_soon)
@@ -78,8 +79,10 @@ class UsageLog:
         rows, self._pending = self._pending, []
         if not rows:
             return 0
+        # One executemany INSERT (SQLAlchemy's ORM bulk insert): no ORM object per row, on either side.
+        values = [{"timestamp": timestamp, **usage.__dict__} for timestamp, usage in rows]
         try:
-            self._db.run(lambda s: s.add_all(rows))
+            self._db.run(lambda s: s.execute(insert(UsageRecord), values))
         except ApiError as exc:
             log.warning("usage of %d proxied requests not recorded yet: %s", len(rows), exc.message)
             self._pending[:0] = rows[-MAX_PENDING:]
