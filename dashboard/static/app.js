@@ -164,10 +164,14 @@ async function loadHistory() {
 
 function connectSocket() {
   socket = io({auth: {token: token()}, reconnectionDelayMax: 5000});
+  let connectedBefore = false;
   socket.on('connect', () => {
     setLive('live', 'Live');
-    // Catch up with whatever finished while we were away.
+    // Catch up with whatever finished while we were away: downloads, and (after a reconnect)
+    // alerts that fired or resolved meanwhile, whose vram_alert events this page missed.
     models.refreshDownloads();
+    if (connectedBefore) alerts.start();
+    connectedBefore = true;
   });
   socket.on('disconnect', (reason) => {
     if (!live) return;
