@@ -138,7 +138,8 @@ def run_tags(fake, server, targets: dict[str, tuple[str, str | None]]) -> dict[s
         log(f"proxy tags rep {rep + 1}: " + ", ".join(f"{n} {r['rps']:.0f} req/s" for n, r in result.items())
             + f"; proxy/health {result['proxy']['health_ratio']:.2f}")
     summary: dict[str, Any] = {"connections": TAGS_CONNECTIONS, "seconds": TAGS_SECONDS,
-                               "target_health_ratio": TARGET_TAGS_HEALTH_RATIO, "reps": reps}
+                               "target_health_ratio": TARGET_TAGS_HEALTH_RATIO, "reps": reps,
+                               "floor": run_floor(ways)}
     for name in ways:
         row = {metric: Spread.of(r[name][metric] for r in reps).to_json() for metric in ("rps", "p50_ms", "p99_ms")}
         row["non_2xx"] = sum(r[name]["non_2xx"] for r in reps)
@@ -151,6 +152,26 @@ def run_tags(fake, server, targets: dict[str, tuple[str, str | None]]) -> dict[s
         summary[name] = row
     summary["proxy"]["health_ratio"] = Spread.of(r["proxy"]["health_ratio"] for r in reps).to_json()
     return summary
+
+
+def run_floor(ways: dict[str, tuple[str, dict[str, str]]]) -> dict[str, Any]:
+    """One request at a time (wrk -c1): what a round trip through this server costs at all.
+
+    `/health` minus direct `GET /api/tags` is the latency any request served by this Python stack
+    (eventlet.wsgi, Flask, the hooks) adds with no upstream at all: the floor under the proxy's
+    added first line, which nginx's C does not pay. Proxied minus direct is the same small request
+    through the proxy.
+    """
+    from bench.rest import run_wrk
+
+    p50: dict[str, list[float]] = {name: [] for name in ("direct", "proxy", "health")}
+    for rep in range(REPETITIONS):
+        for name in (list(p50) if rep % 2 == 0 else list(reversed(p50))):
+            p50[name].append(run_wrk(*ways[name], duration_s=TAGS_SECONDS, connections=1)["p50_ms"])
+    floor = {f"{name}_p50_ms": Spread.of(values).to_json() for name, values in p50.items()}
+    floor["health_added_ms"] = Spread.of(h - d for h, d in zip(p50["health"], p50["direct"])).to_json()
+    floor["proxy_added_ms"] = Spread.of(x - d for x, d in zip(p50["proxy"], p50["direct"])).to_json()
+    return floor
 
 
 def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:

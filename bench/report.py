@@ -95,6 +95,9 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
         rows.append(["1", f"REST `/api/vram/status` ÷ `/health` req/s, {label}", "≥ 0.9×", fig,
                      verdict(s["verdict"] if s else None)])
     p = r.get("proxy")
+    floor = ((p or {}).get("tags") or {}).get("floor")
+    floor_note = (f"; floor: a `/health` round trip adds {signed(floor['health_added_ms'])} ms over a direct "
+                  f"Ollama request, a proxied `/api/tags` {signed(floor['proxy_added_ms'])} ms (c=1)") if floor else ""
     for streams in ("1", "8", "8 paced"):
         row = (p or {}).get("by_streams", {}).get(streams)
         if row:
@@ -103,7 +106,8 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
             cpu = px.get("cpu_us_per_request")
             fig = (f"{signed(px['added_p50_ms'])} ms first line, {m(px['ratio'], 2)}× lines/s"
                    + (f", {m(cpu, 0)} µs CPU a request" if cpu else "")
-                   + f" (nginx {signed(row['nginx']['added_p50_ms'])} ms, {m(row['nginx']['ratio'], 2)}×)")
+                   + f" (nginx {signed(row['nginx']['added_p50_ms'])} ms, {m(row['nginx']['ratio'], 2)}×)"
+                   + (floor_note if streams == "1" else ""))
             what = (f"8 streams at {1 / p['paced_interval_s']:.0f} tokens/s each" if streams == "8 paced"
                     else f"{streams} stream(s), full speed")
             rows.append(["2", f"Proxy streaming `/api/generate`, {what}, vs direct", "≤ +0.5 ms p50, ≥ 0.9×",
@@ -265,6 +269,17 @@ wrk does not count the requests in flight when it stops, so the fake sees up to 
                          f"| {f(w['cpu_us_per_request'], 0) if 'cpu_us_per_request' in w else '—'} "
                          f"| {w['requests']} / {w['upstream_requests'] if name != 'health' else '—'} | {w['non_2xx']} |")
         lines.append("")
+        fl = t.get("floor")
+        if fl:
+            lines.append(f"""The floor, one request at a time (`wrk -c1`, {t['seconds']} s a way, alternating): direct `GET /api/tags`
+p50 {m(fl['direct_p50_ms'], 3)} ms; this server's `/health` p50 {m(fl['health_p50_ms'], 3)} ms, so any request it serves
+adds **{signed(fl['health_added_ms'])} ms** before doing anything of its own (eventlet.wsgi, Flask, the hooks: the
+Python that nginx's C does not run); a proxied `GET /api/tags` p50 {m(fl['proxy_p50_ms'], 3)} ms, adding
+{signed(fl['proxy_added_ms'])} ms (that floor plus an authenticated request and one upstream round trip through
+urllib3/http.client). A proxied first line takes that same path (the request, one upstream round
+trip, the relay), so the second figure is its floor on this machine, and the target (nginx + 0.5 ms)
+lies below even the first.
+""")
     return "\n".join(lines)
 
 
