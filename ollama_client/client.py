@@ -270,7 +270,8 @@ class PullStream:
 
 
 def _cheap_liveness_check(connection_cls: type) -> type:
-    """Return `connection_cls` with an `is_connected` that asks poll(2) directly.
+    """Return `connection_cls` with an `is_connected` that asks poll(2) directly, and whose requests
+    with a small bytes body leave in one send().
 
     Before reusing a pooled keep-alive connection urllib3 asks `is_connected` whether Ollama has
     closed it; its answer goes through select(), which under eventlet is the hub's green select
@@ -278,9 +279,16 @@ def _cheap_liveness_check(connection_cls: type) -> type:
     question put to the OS at once. `is_connected` is a public property of urllib3's connections
     (and `ConnectionCls` the pool's documented class hook); if either is not there, the stock
     class is kept.
+
+    urllib3's `request()` sends the header block, then the body, with a `send()` each (http.client
+    joins them only when it is handed the body itself): two packets, and Ollama, having read the
+    headers, waits for a second wake-up to read the body. For a body given as bytes (the proxy's
+    chat and generate requests, the API's JSON) the header block is held back by `send()` and goes
+    with the body's first bytes; streamed bodies and requests without one are sent as before.
     """
-    if not isinstance(getattr(connection_cls, "is_connected", None), property):
-        log.info("urllib3 %s has no is_connected property; keeping its own liveness check",
+    if not (isinstance(getattr(connection_cls, "is_connected", None), property)
+            and callable(getattr(connection_cls, "request", None)) and callable(getattr(connection_cls, "send", None))):
+        log.info("urllib3 %s has no is_connected property; keeping its own connection class",
                  urllib3.__version__)
         return connection_cls
 
@@ -288,7 +296,29 @@ def _cheap_liveness_check(connection_cls: type) -> type:
         sock = self.sock
         return sock is not None and not concurrency.readable_now(sock.fileno())
 
+    def request(self, method, url, body=None, headers=None, **kwargs):
+        # None: pass every send through; b"": hold the next one (the header block); bytes: held.
+        self._held = b"" if isinstance(body, bytes) and body else None
+        try:
+            connection_cls.request(self, method, url, body=body, headers=headers, **kwargs)
+            held = self._held
+        finally:
+            self._held = None
+        if held:  # the body never came (urllib3 skips empty chunks): the headers go alone
+            connection_cls.send(self, held)
+
+    def send(self, data):
+        held = getattr(self, "_held", None)
+        if held is None or not isinstance(data, bytes):
+            return connection_cls.send(self, data)
+        if not held:
+            self._held = data
+            return None
+        self._held = None
+        return connection_cls.send(self, held + data)
+
     return type(connection_cls.__name__, (connection_cls,), {"is_connected": property(is_connected),
+                                                             "request": request, "send": send,
                                                              "__module__": __name__})
 
 

@@ -355,3 +355,37 @@ def test_a_request_after_ollama_closed_the_idle_connection_succeeds(client, fake
         if conn is not None and conn.sock is not None:
             conn.sock.shutdown(socket.SHUT_RDWR)
     assert client.version() == "0.6.8"
+
+
+class _RecordingSocket:
+    """A socket that records every send (and sends nothing)."""
+
+    def __init__(self):
+        self.sent: list[bytes] = []
+
+    def sendall(self, data):
+        self.sent.append(bytes(data))
+
+    def settimeout(self, timeout):
+        pass
+
+
+@pytest.mark.parametrize("body, sends", [(b'{"model": "m"}', 1), (None, 1), ([b"a", b"b"], 4)],
+                         ids=["bytes body: one send", "no body", "streamed body: chunked as before"])
+def test_a_request_with_a_bytes_body_leaves_in_one_send(client, body, sends):
+    """Header block and body in one send(): Ollama reads the whole request on one wake-up."""
+    connection = client._pool.ConnectionCls("127.0.0.1", 9)
+    connection.sock = recorder = _RecordingSocket()
+    connection.auto_open = 0
+    connection.request("POST", "/api/generate", body=body, headers={"Content-Type": "application/json"})
+    assert len(recorder.sent) == sends
+    wire = b"".join(recorder.sent)
+    head, _, rest = wire.partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /api/generate HTTP/1.1\r\n")
+    if isinstance(body, bytes):
+        assert rest == body and f"Content-Length: {len(body)}".encode() in head
+    elif body is None:
+        assert rest == b""
+    else:
+        assert rest == b"1\r\na\r\n1\r\nb\r\n0\r\n\r\n"
+    connection.sock = None
