@@ -56,15 +56,20 @@ class DashboardCollector(Collector):
     def describe(self) -> list[Metric]:
         return []  # collected at scrape time only; nothing to check at registration
 
-    def collect(self) -> Iterator[Metric]:
+    def current_reading(self) -> PolledSnapshot | None:
+        """The latest reading if NVML answered it in time, else None (then no GPU series at all)."""
         polled = self._latest()
-        nvml_up = polled is not None and polled.snapshot.available and not polled.is_stale(self._stale_after_s())
+        if polled is not None and polled.snapshot.available and not polled.is_stale(self._stale_after_s()):
+            return polled
+        return None
+
+    def collect(self) -> Iterator[Metric]:
+        """The families that change between polls; the GPU and process ones are GpuCollector's."""
+        nvml_up = self.current_reading() is not None
         yield _gauge("nvml_up", "1 when NVML answered the latest poll in time, else 0", value=float(nvml_up))
         ollama_up = self._ollama_up()
         if ollama_up is not None:
             yield _gauge("ollama_up", "1 when Ollama answered its latest reachability check", value=float(ollama_up))
-        if nvml_up:
-            yield from self._gpu_metrics(polled)
         requests, tokens = self._counters.copy()
         family = CounterMetricFamily(PREFIX + "proxy_requests", "Requests through the /ollama proxy",
                                      labels=("endpoint", "status"))
@@ -81,8 +86,19 @@ class DashboardCollector(Collector):
             family.add_metric((rule,), count)
         yield family
 
-    def _gpu_metrics(self, polled: PolledSnapshot) -> Iterator[Metric]:
-        snapshot = polled.snapshot
+
+
+class GpuCollector(Collector):
+    """The GPU and process families of one reading: they change only when the poller takes another."""
+
+    def __init__(self, polled: PolledSnapshot):
+        self._polled = polled
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._polled.snapshot
         named = ("gpu", "uuid", "name")
         memory = {"total": _gauge("gpu_memory_total_bytes", "GPU memory, total", labels=named),
                   "used": _gauge("gpu_memory_used_bytes", "GPU memory in use", labels=named),

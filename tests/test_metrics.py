@@ -127,3 +127,23 @@ def test_metrics_auth_false_makes_it_public(client, services):
     services.poller.tick()
     assert "vram_dashboard_nvml_up" in scrape(client)
     assert client.get("/api/alerts").status_code == 401  # only /metrics
+
+
+def test_gpu_series_are_written_once_a_poll_and_follow_the_next_one(client, auth, services, fake_nvml):
+    from tests.fakes.fake_nvml import MIB, two_gpus
+
+    services.poller.tick()
+    first = client.get("/metrics", headers=auth.headers()).data
+    record_usage(services)  # per-scrape families change between polls: the scrape shows them at once
+    again = scrape(client, auth.headers())
+    assert sum(s.value for s in again["vram_dashboard_proxy_requests_total"]) == 2
+    used = {s.labels["gpu"]: s.value for s in again["vram_dashboard_gpu_memory_used_bytes"]}
+    fake_nvml.apply(two_gpus().replace_gpu(0, used_bytes=1000 * MIB))
+    assert {s.labels["gpu"]: s.value for s in scrape(client, auth.headers())["vram_dashboard_gpu_memory_used_bytes"]} \
+        == used  # the same poll: the same figures
+    services.poller.tick()
+    after = scrape(client, auth.headers())
+    assert {s.labels["gpu"]: s.value for s in after["vram_dashboard_gpu_memory_used_bytes"]}["0"] == 1000 * MIB
+    # Each family appears once (the two parts of the body never repeat one).
+    names = [line.split()[2] for line in first.decode().splitlines() if line.startswith("# TYPE")]
+    assert len(names) == len(set(names)) and "vram_dashboard_gpu_up" in names
