@@ -3,6 +3,7 @@
     python -m bench                      everything (~8 minutes), then BENCHMARKS.md
     python -m bench --only rest,fanout   some sections; BENCHMARKS.md is left alone
     python -m bench --only attribution   poller tick CPU with VRAM attribution ÷ without (~1 minute)
+    python -m bench --only metrics       /metrics ÷ /health req/s, 8 GPUs × 50 processes (~40 s)
     python -m bench --report             re-render BENCHMARKS.md from bench/out/results.json
 
 All load stays on 127.0.0.1, every step is bounded in count and time, and every process the run
@@ -21,7 +22,7 @@ import traceback
 from bench import common
 from bench.common import OUT, REPO, Fakes, log
 
-SECTIONS = ("rest", "proxy", "fanout", "memory", "idle", "isolation", "progress", "attribution")
+SECTIONS = ("rest", "metrics", "proxy", "fanout", "memory", "idle", "isolation", "progress", "attribution")
 RESULTS = OUT / "results.json"
 COMMAND = "bench/run.sh"
 
@@ -62,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             results["errors"][name] = traceback.format_exc()
         results.setdefault("durations_s", {})[name] = time.monotonic() - t0
 
-    from bench import idle, isolation, memory, progress, proxy, rest
+    from bench import idle, isolation, memory, progress, proxy, rest, scrape
 
     section("rest", rest.run, fakes, workdir)
+    section("metrics", scrape.run, fakes, workdir)
     section("proxy", proxy.run, fakes, workdir)
     section("fanout", run_fanout, fakes, workdir)
     section("memory", memory.run, fakes, workdir)

@@ -55,8 +55,9 @@ def render(r: dict[str, Any]) -> str:
         add("| " + " | ".join(row) + " |")
     add("")
     add(machine_section(r))
-    for name, fn in (("rest", rest_section), ("proxy", proxy_section), ("fanout", fanout_section),
-                     ("memory", memory_section), ("idle", idle_section), ("isolation", isolation_section),
+    for name, fn in (("rest", rest_section), ("metrics", metrics_section), ("proxy", proxy_section),
+                     ("fanout", fanout_section), ("memory", memory_section),
+                     ("idle", idle_section), ("isolation", isolation_section),
                      ("progress", progress_section), ("attribution", attribution_section)):
         if name in r:
             add(fn(r[name], r))
@@ -68,7 +69,8 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-TITLES = {"rest": "1. REST", "proxy": "2. Proxy", "fanout": "3. Fan-out", "memory": "3b. Memory a websocket client",
+TITLES = {"rest": "1. REST", "metrics": "1b. Prometheus `/metrics`", "proxy": "2. Proxy", "fanout": "3. Fan-out",
+          "memory": "3b. Memory a websocket client",
           "idle": "4. Idle", "isolation": "5. Isolation", "progress": "6. Progress relay",
           "attribution": "7. VRAM attribution"}
 
@@ -94,6 +96,12 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
         fig = f"{m(s['ratio'], 2)}× ({s['ratio']['min']:.2f}–{s['ratio']['max']:.2f})" if s else "n/a"
         rows.append(["1", f"REST `/api/vram/status` ÷ `/health` req/s, {label}", "≥ 0.9×", fig,
                      verdict(s["verdict"] if s else None)])
+    mt = r.get("metrics")
+    rows.append(["1", "`/metrics` ÷ `/health` req/s, 8 GPUs × 50 processes (API key with the `metrics` scope)",
+                 f"≥ {mt['target_ratio']}×" if mt else "≥ 0.5×",
+                 f"{m(mt['ratio'], 2)}× ({mt['ratio']['min']:.2f}–{mt['ratio']['max']:.2f}); "
+                 f"{m(mt['metrics_cpu_us_per_request'], 0)} µs CPU a scrape vs {m(mt['health_cpu_us_per_request'], 0)} µs "
+                 f"a health check" if mt else "n/a", verdict(mt["verdict"] if mt else None)])
     p = r.get("proxy")
     for streams in ("1", "8", "8 paced"):
         row = (p or {}).get("by_streams", {}).get(streams)
@@ -213,6 +221,32 @@ so a large body's second `send()` no longer waits for the client's delayed ACK.
             f"| {m(s['health_p50_ms'], 2)} / {m(s['status_p50_ms'], 2)} "
             f"| {m(s.get('health_runqueue_wait_percent'), 0)} % / {m(s.get('status_runqueue_wait_percent'), 0)} % | {verdict(s['verdict'])} |")
     lines.append("")
+    return "\n".join(lines)
+
+
+def metrics_section(x: dict[str, Any], r) -> str:
+    b = x.get("breakdown") or {}
+    lines = [f"""## 1b. Prometheus `/metrics`
+
+`bench/scrape.py`: one server with {x['gpus']} GPUs × {x['processes'] // x['gpus']} processes (section 1's large machine), scraped as
+Prometheus scrapes it: an API key made through `POST /api/keys` with the `metrics` scope only, sent as
+`Authorization: Bearer vdk_…`, with Prometheus's `Accept` and `Accept-Encoding: gzip`. `wrk -t1 -c{x['connections']} -d{x['duration_s']}s`
+on the load core, {x['repetitions']} repetitions of `/health` and `/metrics` back to back in alternating order (section 1's
+method). A scrape is {x['series']} series, {x['body_bytes'] / 1000:.1f} KB, sent `{x['content_encoding']}` ({x['wire_bytes'] / 1000:.1f} KB on the wire).
+Target: `/metrics` ≥ {x['target_ratio']}× `/health` in req/s. "CPU ratio" is health's server CPU time per request over
+a scrape's.
+
+| health req/s | metrics req/s | ratio | CPU ratio | health / scrape CPU µs per request | health / metrics p50 ms | runqueue wait | verdict |
+|---|---|---|---|---|---|---|---|
+| {f(x['health_rps'], 0)} | {f(x['metrics_rps'], 0)} | **{f(x['ratio'], 2)}** | {f(x['cpu_ratio'], 2)} | {m(x['health_cpu_us_per_request'], 0)} / {m(x['metrics_cpu_us_per_request'], 0)} | {m(x['health_p50_ms'], 2)} / {m(x['metrics_p50_ms'], 1)} | {m(x['health_runqueue_wait_percent'], 0)} % / {m(x['metrics_runqueue_wait_percent'], 0)} % | {verdict(x['verdict'])} |
+"""]
+    if b:
+        lines.append(f"""Where a scrape's CPU goes (`python -m bench.scrape`, a process of its own pinned to the server core:
+the scrape view's two halves on one reading of the same machine, outside any request, {b['blocks']} blocks of
+{b['calls_per_block']} calls each): the collector building the {b['families']} metric families ({b['samples']} samples) from the
+poller's snapshot, {f(b['collect_us'], 0)} µs; prometheus_client's `generate_latest` writing them as text,
+{f(b['render_us'], 0)} µs ({b['render_us_per_sample']:.1f} µs a sample); both, as the view calls them, {f(b['scrape_us'], 0)} µs.
+""")
     return "\n".join(lines)
 
 
@@ -445,6 +479,7 @@ def findings(r: dict[str, Any]) -> str:
     proxy_fig = (f" In this run the dashboard spent {cpu('1')} µs of CPU a proxied request of {r['proxy']['tokens']} "
                  f"lines at full speed (1 stream) and {cpu('8 paced')} µs a request of {r['proxy']['paced_tokens']} "
                  f"paced lines." if rows else "")
+    metrics_text = metrics_finding(r)
     tags = (r.get("proxy") or {}).get("tags")
     tags_fig = (f" A proxied `GET /api/tags` cost {m(tags['proxy']['cpu_us_per_request'], 0)} µs of CPU against "
                 f"{m(tags['health']['cpu_us_per_request'], 0)} µs for `/health`." if tags else "")
@@ -518,6 +553,32 @@ Ollama's status and headers (`email` again, ~10 % of a proxied `/api/tags` in py
 wake-up of eventlet's hub, a de-chunk, a re-chunk and a `send()`. Such a wake-up of a process that
 was idle even for a millisecond costs ~0.2–0.6 ms of CPU on this shared 2-vCPU machine (cold caches),
 which is what keeps the paced first line several ms behind nginx.
+{metrics_text}"""
+
+
+def metrics_finding(r: dict[str, Any]) -> str:
+    x = r.get("metrics")
+    if not x:
+        return ""
+    b = x.get("breakdown") or {}
+    scrape, health = x["metrics_cpu_us_per_request"]["median"], x["health_cpu_us_per_request"]["median"]
+    split = (f" Outside any request, on the same reading, the collector builds its families in "
+             f"{m(b['collect_us'], 0)} µs and prometheus_client's `generate_latest` writes them in "
+             f"{m(b['render_us'], 0)} µs ({b['render_us_per_sample']:.1f} µs for each of {b['samples']} samples: per label a "
+             f"name check and escape, a sort, a format, `floatToGoString`): {m(b['scrape_us'], 0)} µs together, "
+             f"{b['scrape_us']['median'] / health:.1f}× `/health`'s whole request. The rest of a scrape in the server is its "
+             f"request around the {x['body_bytes'] / 1000:.0f} KB body and what the shared machine added (runqueue wait "
+             f"{m(x['metrics_runqueue_wait_percent'], 0)} %), not measured apart."
+             if b else "")
+    return f"""
+**`/metrics` with 8 GPUs × 50 processes ({'met' if x['verdict'] else 'missed'}; what limits it, not changed).** In this run a
+scrape cost {scrape:.0f} µs of server CPU against {health:.0f} µs for `/health` ({m(x['ratio'], 2)}× the req/s).{split}
+The text format is built from scratch for every scrape (metrics/__init__.py `scrape` →
+`generate_latest(registry)`): {x['series']} series, of which the GPU and process ones change only once a
+poll. The way to the target is the status route's: build the GPU and process part of the text once per
+poll (with the poller's snapshot, as its JSON and gzip bodies are) and only the counters and alert
+gauges per scrape, and gzip it for a scraper that asks (the body goes `{x['content_encoding']}` now). At
+Prometheus's usual 15 s interval one scraper costs {scrape / 15 / 1e4:.2f} % of a core either way.
 """
 
 
