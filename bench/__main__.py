@@ -4,6 +4,7 @@
     python -m bench --only rest,fanout   some sections; BENCHMARKS.md is left alone
     python -m bench --only attribution   poller tick CPU with VRAM attribution ÷ without (~1 minute)
     python -m bench --only metrics       /metrics ÷ /health req/s, 8 GPUs × 50 processes (~40 s)
+    python -m bench --only idle          idle CPU and RSS, alert rules firing (~1 minute)
     python -m bench --report             re-render BENCHMARKS.md from bench/out/results.json
 
 All load stays on 127.0.0.1, every step is bounded in count and time, and every process the run

@@ -159,6 +159,14 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
     rows.append(["4", "Idle 60 s, no clients: CPU, RSS", "≤ 0.2 % of a core, ≤ 80 MB",
                  f"{i['cpu_percent']:.3f} %, {i['peak_rss_mb']:.0f} MB, {i['history_samples_added']} history samples"
                  if i else "n/a", verdict(i["verdict"] if i else None)])
+    if i and "alerts_firing_at_end" in i:
+        fired = len(i["alerts_firing_at_end"]) - len(i["alerts_firing_at_open"])
+        rows.append(["4", "Idle CPU with alert rules on (the same 60 s: rules evaluated every poll, "
+                          f"{', '.join(i['alerts_firing_at_end']) or 'none'} firing)", f"≤ {i['target_cpu_percent']} % of a core",
+                     f"{i['cpu_percent']:.3f} %, {fired} alerts fired inside the window",
+                     verdict(i["rules_verdict"])])
+    else:
+        rows.append(["4", "Idle CPU with alert rules on", "≤ 0.2 % of a core", "n/a", verdict(None)])
     s = r.get("isolation")
     rows.append(["5", "REST p95 with NVML at 300 ms a call", "< 20 ms, unchanged",
                  f"{m(s['slow_status_p95_ms'], 2)} ms vs {m(s['normal_status_p95_ms'], 2)} ms normal "
@@ -382,12 +390,29 @@ def idle_section(x: dict[str, Any], r) -> str:
 
 One server, two fake GPUs, default interval ({x['interval_s']:g} s), no clients, for {x['seconds']:.0f} s (its window
 overlaps sections 5 and 6, whose servers are separate processes). History kept recording:
-{x['history_samples_added']} samples added.
+{x['history_samples_added']} samples added.{idle_rules(x)}
 
 | CPU (% of one core) | RSS at the end | peak RSS | runqueue wait | target | verdict |
 |---|---|---|---|---|---|
 | {x['cpu_percent']:.3f} % | {x['rss_mb']:.1f} MB | {x['peak_rss_mb']:.1f} MB | {x['runqueue_wait_percent']:.2f} % | ≤ {x['target_cpu_percent']} %, ≤ {x['target_rss_mb']:.0f} MB | {verdict(x['verdict'])} |
 """
+
+
+def idle_rules(x: dict[str, Any]) -> str:
+    """What the idle run's alert rules did (runs before the alert settings were recorded say nothing)."""
+    if "alert_settings" not in x:
+        return ""
+    settings = ", ".join(f"`{name}` {value['value']} ({value['source']})" for name, value in x["alert_settings"].items()
+                         if name != "alert_webhook_url")
+    webhook = "a webhook set" if (x["alert_settings"].get("alert_webhook_url") or {}).get("value") else "no webhook"
+    return f"""
+
+Alert rules on: the engine evaluates every rule on every poll whatever the thresholds; this run sets
+thresholds the fake's GPU 0 exceeds (25 % VRAM, 51 °C) and GPU 1 does not, and has no Ollama, so that
+rules fire and are then evaluated every poll while firing ({settings}; {webhook}). Firing when the
+window opened: {', '.join(x['alerts_firing_at_open']) or 'none'}; when it closed: {', '.join(x['alerts_firing_at_end']) or 'none'}
+(`GET /api/alerts?state=firing`). Rules-on verdict (CPU ≤ {x['target_cpu_percent']} % with alerts fired inside the window):
+{verdict(x['rules_verdict'])}."""
 
 
 def isolation_section(x: dict[str, Any], r) -> str:
