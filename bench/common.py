@@ -184,13 +184,14 @@ def server_environment(workdir: Path, port: int, nvml: FakeNvml | None, *, ollam
 
 def start_dashboard(workdir: Path, nvml: FakeNvml | None, *, cpu: int | None = SERVER_CPU,
                     ollama_url: str | None = None, extra: dict[str, str] | None = None,
-                    stock_broadcast: bool = False) -> LiveServer:
+                    stock_broadcast: bool = False, port: int | None = None) -> LiveServer:
     """Start `python app.py` (as tests.live does) pinned to `cpu` and wait until /health answers.
 
     stock_broadcast runs it through bench/variant_server.py: the same app with python-socketio's
-    own broadcast path.
+    own broadcast path. `port` is for a server whose own URL must be known before it starts (a
+    fleet node's DASHBOARD_PUBLIC_URL); a free one otherwise.
     """
-    port = free_port()
+    port = port or free_port()
     run_dir = workdir / f"server-{port}"
     run_dir.mkdir(parents=True, exist_ok=True)
     env = server_environment(run_dir, port, nvml, ollama_url=ollama_url, extra=extra)
