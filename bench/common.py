@@ -281,8 +281,13 @@ def _os_release() -> str:
 
 
 def ensure_tools() -> None:
-    """Install wrk and nginx from Debian when they are missing (the run needs root for that)."""
+    """Install wrk and nginx, and the fleet section's redis-server and PostgreSQL (found as
+    tests/servers.py finds them), from Debian when they are missing (the run needs root for that)."""
+    from tests.servers import find_postgres_bindir, find_redis_server
+
     missing = [pkg for tool, pkg in (("wrk", "wrk"), ("nginx", "nginx-light")) if shutil.which(tool) is None]
+    missing += ["redis-server"] if find_redis_server() is None else []
+    missing += ["postgresql"] if find_postgres_bindir() is None else []
     if not missing:
         return
     log(f"installing {', '.join(missing)} with apt-get")
