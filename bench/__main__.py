@@ -1,8 +1,11 @@
 """Run every benchmark and rewrite BENCHMARKS.md: `.venv/bin/python -m bench` (or bench/run.sh).
 
-    python -m bench                      everything (~8 minutes), then BENCHMARKS.md
+    python -m bench                      everything (~10 minutes), then BENCHMARKS.md
     python -m bench --only rest,fanout   some sections; BENCHMARKS.md is left alone
     python -m bench --only attribution   poller tick CPU with VRAM attribution ÷ without (~1 minute)
+    python -m bench --only metrics       /metrics ÷ /health req/s, 8 GPUs × 50 processes (~40 s)
+    python -m bench --only fleet         fan-out through Redis, 2 processes × 500 clients (~1.5 minutes)
+    python -m bench --only idle          idle CPU and RSS, alert rules firing (~1 minute)
     python -m bench --report             re-render BENCHMARKS.md from bench/out/results.json
 
 All load stays on 127.0.0.1, every step is bounded in count and time, and every process the run
@@ -21,7 +24,8 @@ import traceback
 from bench import common
 from bench.common import OUT, REPO, Fakes, log
 
-SECTIONS = ("rest", "proxy", "fanout", "memory", "idle", "isolation", "progress", "attribution")
+SECTIONS = ("rest", "metrics", "proxy", "fanout", "fleet", "memory", "idle", "isolation", "progress",
+            "attribution")
 RESULTS = OUT / "results.json"
 COMMAND = "bench/run.sh"
 
@@ -62,11 +66,13 @@ def main(argv: list[str] | None = None) -> int:
             results["errors"][name] = traceback.format_exc()
         results.setdefault("durations_s", {})[name] = time.monotonic() - t0
 
-    from bench import idle, isolation, memory, progress, proxy, rest
+    from bench import fleet, idle, isolation, memory, progress, proxy, rest, scrape
 
     section("rest", rest.run, fakes, workdir)
+    section("metrics", scrape.run, fakes, workdir)
     section("proxy", proxy.run, fakes, workdir)
     section("fanout", run_fanout, fakes, workdir)
+    section("fleet", fleet.run, fakes, workdir)
     section("memory", memory.run, fakes, workdir)
     idle_run = None
     if "idle" in only:

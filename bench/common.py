@@ -184,13 +184,14 @@ def server_environment(workdir: Path, port: int, nvml: FakeNvml | None, *, ollam
 
 def start_dashboard(workdir: Path, nvml: FakeNvml | None, *, cpu: int | None = SERVER_CPU,
                     ollama_url: str | None = None, extra: dict[str, str] | None = None,
-                    stock_broadcast: bool = False) -> LiveServer:
+                    stock_broadcast: bool = False, port: int | None = None) -> LiveServer:
     """Start `python app.py` (as tests.live does) pinned to `cpu` and wait until /health answers.
 
     stock_broadcast runs it through bench/variant_server.py: the same app with python-socketio's
-    own broadcast path.
+    own broadcast path. `port` is for a server whose own URL must be known before it starts (a
+    fleet node's DASHBOARD_PUBLIC_URL); a free one otherwise.
     """
-    port = free_port()
+    port = port or free_port()
     run_dir = workdir / f"server-{port}"
     run_dir.mkdir(parents=True, exist_ok=True)
     env = server_environment(run_dir, port, nvml, ollama_url=ollama_url, extra=extra)
@@ -280,8 +281,13 @@ def _os_release() -> str:
 
 
 def ensure_tools() -> None:
-    """Install wrk and nginx from Debian when they are missing (the run needs root for that)."""
+    """Install wrk and nginx, and the fleet section's redis-server and PostgreSQL (found as
+    tests/servers.py finds them), from Debian when they are missing (the run needs root for that)."""
+    from tests.servers import find_postgres_bindir, find_redis_server
+
     missing = [pkg for tool, pkg in (("wrk", "wrk"), ("nginx", "nginx-light")) if shutil.which(tool) is None]
+    missing += ["redis-server"] if find_redis_server() is None else []
+    missing += ["postgresql"] if find_postgres_bindir() is None else []
     if not missing:
         return
     log(f"installing {', '.join(missing)} with apt-get")

@@ -41,11 +41,11 @@ def _worker_sizes(levels) -> list[int]:
 class Worker:
     """One ws_client process."""
 
-    def __init__(self, port: int, token: str, count: int, deflate: bool):
+    def __init__(self, port: int, token: str, count: int, deflate: bool, fleet: bool = False):
         with pinned(LOAD_CPU):
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.ws_client", "--port", str(port), f"--token={token}",
-                 "--count", str(count)] + (["--deflate"] if deflate else []),
+                 "--count", str(count)] + (["--deflate"] if deflate else []) + (["--fleet"] if fleet else []),
                 cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.count = count
 

@@ -55,8 +55,9 @@ def render(r: dict[str, Any]) -> str:
         add("| " + " | ".join(row) + " |")
     add("")
     add(machine_section(r))
-    for name, fn in (("rest", rest_section), ("proxy", proxy_section), ("fanout", fanout_section),
-                     ("memory", memory_section), ("idle", idle_section), ("isolation", isolation_section),
+    for name, fn in (("rest", rest_section), ("metrics", metrics_section), ("proxy", proxy_section),
+                     ("fanout", fanout_section), ("memory", memory_section), ("fleet", fleet_section),
+                     ("idle", idle_section), ("isolation", isolation_section),
                      ("progress", progress_section), ("attribution", attribution_section)):
         if name in r:
             add(fn(r[name], r))
@@ -68,7 +69,8 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-TITLES = {"rest": "1. REST", "proxy": "2. Proxy", "fanout": "3. Fan-out", "memory": "3b. Memory a websocket client",
+TITLES = {"rest": "1. REST", "metrics": "1b. Prometheus `/metrics`", "proxy": "2. Proxy", "fanout": "3. Fan-out",
+          "memory": "3b. Memory a websocket client", "fleet": "3c. Fan-out across processes (Redis)",
           "idle": "4. Idle", "isolation": "5. Isolation", "progress": "6. Progress relay",
           "attribution": "7. VRAM attribution"}
 
@@ -94,6 +96,12 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
         fig = f"{m(s['ratio'], 2)}× ({s['ratio']['min']:.2f}–{s['ratio']['max']:.2f})" if s else "n/a"
         rows.append(["1", f"REST `/api/vram/status` ÷ `/health` req/s, {label}", "≥ 0.9×", fig,
                      verdict(s["verdict"] if s else None)])
+    mt = r.get("metrics")
+    rows.append(["1", "`/metrics` ÷ `/health` req/s, 8 GPUs × 50 processes (API key with the `metrics` scope)",
+                 f"≥ {mt['target_ratio']}×" if mt else "≥ 0.5×",
+                 f"{m(mt['ratio'], 2)}× ({mt['ratio']['min']:.2f}–{mt['ratio']['max']:.2f}); "
+                 f"{m(mt['metrics_cpu_us_per_request'], 0)} µs CPU a scrape vs {m(mt['health_cpu_us_per_request'], 0)} µs "
+                 f"a health check" if mt else "n/a", verdict(mt["verdict"] if mt else None)])
     p = r.get("proxy")
     floor = ((p or {}).get("tags") or {}).get("floor")
     floor_note = (f"; floor: a `/health` round trip adds {signed(floor['health_added_ms'])} ms over a direct "
@@ -151,10 +159,33 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
     if x:
         rows.append(["3", f"Fan-out {x['payload_bytes'] / 1000:.0f} KB snapshots to 500 clients: p99", "≤ 80 ms",
                      f"{f(x['p99_ms'])} ms", verdict(x["p99_ms"]["median"] <= 80)])
+    fl = r.get("fleet")
+    if fl:
+        single = fl["single"]
+        queue = (f"; queue: publish → other process's clients p50 {m(fl.get('queue_remote_p50_ms'))} ms, "
+                 f"{signed(fl.get('queue_added_p50_ms'), 1)} ms p50 / {signed(fl.get('queue_added_p99_ms'), 1)} ms p99 "
+                 f"over the origin's own clients" if fl.get("queue_remote_p50_ms") else "")
+        rows.append(["3", f"Fan-out across 2 processes through Redis, {fl['clients_per_node'] * 2:,} clients split "
+                          f"{fl['clients_per_node']}/{fl['clients_per_node']} ({fl['gpus']} GPUs): vram_update p99, "
+                          "cadence; the message queue's added latency",
+                     f"p99 ≤ {fl['target_p99_ms']:.0f} ms, ±{fl['target_cadence'] * 100:.0f} %",
+                     f"p99 {m(fl['p99_ms'])} ms (one process, {single['clients']:,} clients: {m(single['p99_ms'])} ms), "
+                     f"cadence ±{fl['cadence_deviation']['median'] * 100:.1f} %{queue}", verdict(fl["verdict"])])
+    else:
+        rows.append(["3", "Fan-out across 2 processes through Redis, 500/500 clients", "p99 ≤ 80 ms, ±5 %", "n/a",
+                     verdict(None)])
     i = r.get("idle")
     rows.append(["4", "Idle 60 s, no clients: CPU, RSS", "≤ 0.2 % of a core, ≤ 80 MB",
                  f"{i['cpu_percent']:.3f} %, {i['peak_rss_mb']:.0f} MB, {i['history_samples_added']} history samples"
                  if i else "n/a", verdict(i["verdict"] if i else None)])
+    if i and "alerts_firing_at_end" in i:
+        fired = len(i["alerts_firing_at_end"]) - len(i["alerts_firing_at_open"])
+        rows.append(["4", "Idle CPU with alert rules on (the same 60 s: rules evaluated every poll, "
+                          f"{', '.join(i['alerts_firing_at_end']) or 'none'} firing)", f"≤ {i['target_cpu_percent']} % of a core",
+                     f"{i['cpu_percent']:.3f} %, {fired} alerts fired inside the window",
+                     verdict(i["rules_verdict"])])
+    else:
+        rows.append(["4", "Idle CPU with alert rules on", "≤ 0.2 % of a core", "n/a", verdict(None)])
     s = r.get("isolation")
     rows.append(["5", "REST p95 with NVML at 300 ms a call", "< 20 ms, unchanged",
                  f"{m(s['slow_status_p95_ms'], 2)} ms vs {m(s['normal_status_p95_ms'], 2)} ms normal "
@@ -217,6 +248,84 @@ so a large body's second `send()` no longer waits for the client's delayed ACK.
             f"| {m(s['health_p50_ms'], 2)} / {m(s['status_p50_ms'], 2)} "
             f"| {m(s.get('health_runqueue_wait_percent'), 0)} % / {m(s.get('status_runqueue_wait_percent'), 0)} % | {verdict(s['verdict'])} |")
     lines.append("")
+    return "\n".join(lines)
+
+
+def metrics_section(x: dict[str, Any], r) -> str:
+    b = x.get("breakdown") or {}
+    lines = [f"""## 1b. Prometheus `/metrics`
+
+`bench/scrape.py`: one server with {x['gpus']} GPUs × {x['processes'] // x['gpus']} processes (section 1's large machine), scraped as
+Prometheus scrapes it: an API key made through `POST /api/keys` with the `metrics` scope only, sent as
+`Authorization: Bearer vdk_…`, with Prometheus's `Accept` and `Accept-Encoding: gzip`. `wrk -t1 -c{x['connections']} -d{x['duration_s']}s`
+on the load core, {x['repetitions']} repetitions of `/health` and `/metrics` back to back in alternating order (section 1's
+method). A scrape is {x['series']} series, {x['body_bytes'] / 1000:.1f} KB, sent `{x['content_encoding']}` ({x['wire_bytes'] / 1000:.1f} KB on the wire).
+Target: `/metrics` ≥ {x['target_ratio']}× `/health` in req/s. "CPU ratio" is health's server CPU time per request over
+a scrape's.
+
+| health req/s | metrics req/s | ratio | CPU ratio | health / scrape CPU µs per request | health / metrics p50 ms | runqueue wait | verdict |
+|---|---|---|---|---|---|---|---|
+| {f(x['health_rps'], 0)} | {f(x['metrics_rps'], 0)} | **{f(x['ratio'], 2)}** | {f(x['cpu_ratio'], 2)} | {m(x['health_cpu_us_per_request'], 0)} / {m(x['metrics_cpu_us_per_request'], 0)} | {m(x['health_p50_ms'], 2)} / {m(x['metrics_p50_ms'], 1)} | {m(x['health_runqueue_wait_percent'], 0)} % / {m(x['metrics_runqueue_wait_percent'], 0)} % | {verdict(x['verdict'])} |
+"""]
+    if b:
+        lines.append(f"""Where a scrape's CPU goes (`python -m bench.scrape`, a process of its own pinned to the server core:
+the scrape view's two halves on one reading of the same machine, outside any request, {b['blocks']} blocks of
+{b['calls_per_block']} calls each): the collector building the {b['families']} metric families ({b['samples']} samples) from the
+poller's snapshot, {f(b['collect_us'], 0)} µs; prometheus_client's `generate_latest` writing them as text,
+{f(b['render_us'], 0)} µs ({b['render_us_per_sample']:.1f} µs a sample); both, as the view calls them, {f(b['scrape_us'], 0)} µs.
+""")
+    return "\n".join(lines)
+
+
+def fleet_section(x: dict[str, Any], r) -> str:
+    single = x["single"]
+    lines = [f"""## 3c. Fan-out across processes (Redis)
+
+`bench/fleet.py`: two `python app.py` nodes sharing one real `redis-server` (`REDIS_URL`) and one real
+PostgreSQL database (`DATABASE_URL`), as tests/test_fleet_live.py starts a fleet; both nodes pinned to
+the server core (together they have the one core section 3's process has), Redis, PostgreSQL and the
+clients on the load core. {x['clients_per_node']} clients (bench/ws_client.py, section 3's) on each node, opened with one
+session from node-a's login; {x['gpus']} fake GPUs on each node; `VRAM_POLL_INTERVAL_SECONDS={x['interval_s']:g}`; repetitions of
+{r.get('fanout', {}).get('main', {}).get('broadcasts_per_rep', 3)} broadcasts as in section 3. Each client hears its own node's `vram_update` (which never goes
+through the queue) and every node's `fleet_update`, which the Socket.IO message queue carries: the
+publishing node delivers to its own clients first (python-socketio's `PubSubManager.emit`), then
+publishes to Redis, and the other node's listener delivers it to its clients. Then, seconds later,
+one process with {single['clients']:,} clients and no Redis (section 3's fan-out at one level) as the baseline.
+
+| | clients | vram_update p50 ms | p99 ms | max ms | delivered | cadence / worst | server CPU | runqueue wait | peak RSS |
+|---|---|---|---|---|---|---|---|---|---|"""]
+
+    def row(label, y):
+        return (f"| {label} | {y['clients']} | {f(y['p50_ms'])} | **{f(y['p99_ms'])}** | {m(y['max_ms'])} "
+                f"| {y['delivered_fraction'] * 100:.1f} % | ±{y['cadence_deviation']['median'] * 100:.1f} % / "
+                f"{y['cadence_worst_deviation'] * 100:.1f} % | {y['server']['cpu_percent']:.1f} % "
+                f"| {y['server'].get('runqueue_wait_percent', 0):.1f} % | {y['server']['peak_rss_mb']:.0f} MB |")
+
+    for node, y in x["nodes"].items():
+        lines.append(row(f"fleet, {node}", y))
+    lines.append(row("one process", single))
+    redis = x.get("redis", {})
+    lines.append(f"""
+Both nodes together used {x['server_cpu_percent']:.1f} % of the core against {single['server']['cpu_percent']:.1f} % for the one process;
+redis-server {redis.get('cpu_percent', 0):.1f} % (runqueue wait {redis.get('runqueue_wait_percent', 0):.1f} %). Target: p99 ≤ {x['target_p99_ms']:.0f} ms and cadence
+±{x['target_cadence'] * 100:.0f} % on each node (the worse node's figure is the verdict's): {verdict(x['verdict'])}.
+""")
+    if x.get("queue_remote_p50_ms"):
+        twice = sum(q.get("readings_sent_twice", 0) for q in x["queue"].values())
+        lines.append(f"""**The message queue.** `QueueTap` subscribes to the Socket.IO channel on a raw socket and stamps each
+message with the kernel's receive time (`SO_TIMESTAMPNS`), i.e. when Redis handed the publish to its
+subscribers; each client's `fleet_update` is matched to its publish (the origin node and the reading's
+`timestamp` name it). Per repetition, times relative to that moment ({sum(q['broadcasts'] for q in x['queue'].values())} broadcasts of both origins):
+
+| | p50 ms | p99 ms | first ms | last ms |
+|---|---|---|---|---|
+| origin's own clients (before the publish) | {f(x['queue_local_p50_ms'])} | — | — | {f(x['queue_local_last_ms'])} |
+| other process's clients (after it) | {f(x['queue_remote_p50_ms'])} | {f(x['queue_remote_p99_ms'])} | {f(x['queue_remote_first_ms'])} | — |
+| **added by the queue** (other process − origin) | **{f(x['queue_added_p50_ms'])}** | **{f(x['queue_added_p99_ms'])}** | | |
+
+A reading was {f(x['queue_reading_age_ms'], 0)} ms old when its `fleet_update` was published; {twice} reading{'s were' if twice != 1 else ' was'} published
+twice (one fleet tick apart) in the window.
+""")
     return "\n".join(lines)
 
 
@@ -363,12 +472,29 @@ def idle_section(x: dict[str, Any], r) -> str:
 
 One server, two fake GPUs, default interval ({x['interval_s']:g} s), no clients, for {x['seconds']:.0f} s (its window
 overlaps sections 5 and 6, whose servers are separate processes). History kept recording:
-{x['history_samples_added']} samples added.
+{x['history_samples_added']} samples added.{idle_rules(x)}
 
 | CPU (% of one core) | RSS at the end | peak RSS | runqueue wait | target | verdict |
 |---|---|---|---|---|---|
 | {x['cpu_percent']:.3f} % | {x['rss_mb']:.1f} MB | {x['peak_rss_mb']:.1f} MB | {x['runqueue_wait_percent']:.2f} % | ≤ {x['target_cpu_percent']} %, ≤ {x['target_rss_mb']:.0f} MB | {verdict(x['verdict'])} |
 """
+
+
+def idle_rules(x: dict[str, Any]) -> str:
+    """What the idle run's alert rules did (runs before the alert settings were recorded say nothing)."""
+    if "alert_settings" not in x:
+        return ""
+    settings = ", ".join(f"`{name}` {value['value']} ({value['source']})" for name, value in x["alert_settings"].items()
+                         if name != "alert_webhook_url")
+    webhook = "a webhook set" if (x["alert_settings"].get("alert_webhook_url") or {}).get("value") else "no webhook"
+    return f"""
+
+Alert rules on: the engine evaluates every rule on every poll whatever the thresholds; this run sets
+thresholds the fake's GPU 0 exceeds (25 % VRAM, 51 °C) and GPU 1 does not, and has no Ollama, so that
+rules fire and are then evaluated every poll while firing ({settings}; {webhook}). Firing when the
+window opened: {', '.join(x['alerts_firing_at_open']) or 'none'}; when it closed: {', '.join(x['alerts_firing_at_end']) or 'none'}
+(`GET /api/alerts?state=firing`). Rules-on verdict (CPU ≤ {x['target_cpu_percent']} % with alerts fired inside the window):
+{verdict(x['rules_verdict'])}."""
 
 
 def isolation_section(x: dict[str, Any], r) -> str:
@@ -460,6 +586,7 @@ def findings(r: dict[str, Any]) -> str:
     proxy_fig = (f" In this run the dashboard spent {cpu('1')} µs of CPU a proxied request of {r['proxy']['tokens']} "
                  f"lines at full speed (1 stream) and {cpu('8 paced')} µs a request of {r['proxy']['paced_tokens']} "
                  f"paced lines." if rows else "")
+    metrics_text, fleet_text = metrics_finding(r), fleet_finding(r)
     tags = (r.get("proxy") or {}).get("tags")
     tags_fig = (f" A proxied `GET /api/tags` cost {m(tags['proxy']['cpu_us_per_request'], 0)} µs of CPU against "
                 f"{m(tags['health']['cpu_us_per_request'], 0)} µs for `/health`." if tags else "")
@@ -533,6 +660,62 @@ Ollama's status and headers (`email` again, ~10 % of a proxied `/api/tags` in py
 wake-up of eventlet's hub, a de-chunk, a re-chunk and a `send()`. Such a wake-up of a process that
 was idle even for a millisecond costs ~0.2–0.6 ms of CPU on this shared 2-vCPU machine (cold caches),
 which is what keeps the paced first line several ms behind nginx.
+{metrics_text}{fleet_text}"""
+
+
+def metrics_finding(r: dict[str, Any]) -> str:
+    x = r.get("metrics")
+    if not x:
+        return ""
+    b = x.get("breakdown") or {}
+    scrape, health = x["metrics_cpu_us_per_request"]["median"], x["health_cpu_us_per_request"]["median"]
+    split = (f" Outside any request, on the same reading, the collector builds its families in "
+             f"{m(b['collect_us'], 0)} µs and prometheus_client's `generate_latest` writes them in "
+             f"{m(b['render_us'], 0)} µs ({b['render_us_per_sample']:.1f} µs for each of {b['samples']} samples: per label a "
+             f"name check and escape, a sort, a format, `floatToGoString`): {m(b['scrape_us'], 0)} µs together, "
+             f"{b['scrape_us']['median'] / health:.1f}× `/health`'s whole request. The rest of a scrape in the server is its "
+             f"request around the {x['body_bytes'] / 1000:.0f} KB body and what the shared machine added (runqueue wait "
+             f"{m(x['metrics_runqueue_wait_percent'], 0)} %), not measured apart."
+             if b else "")
+    return f"""
+**`/metrics` with 8 GPUs × 50 processes ({'met' if x['verdict'] else 'missed'}; what limits it, not changed).** In this run a
+scrape cost {scrape:.0f} µs of server CPU against {health:.0f} µs for `/health` ({m(x['ratio'], 2)}× the req/s).{split}
+The text format is built from scratch for every scrape (metrics/__init__.py `scrape` →
+`generate_latest(registry)`): {x['series']} series, of which the GPU and process ones change only once a
+poll. The way to the target is the status route's: build the GPU and process part of the text once per
+poll (with the poller's snapshot, as its JSON and gzip bodies are) and only the counters and alert
+gauges per scrape, and gzip it for a scraper that asks (the body goes `{x['content_encoding']}` now). At
+Prometheus's usual 15 s interval one scraper costs {scrape / 15 / 1e4:.2f} % of a core either way.
+"""
+
+
+def fleet_finding(r: dict[str, Any]) -> str:
+    x = r.get("fleet")
+    if not x or not x.get("queue_reading_age_ms"):
+        return ""
+    node = next(iter(x["nodes"].values()))
+    window_s = node["server"]["seconds"]
+    per_client = sum(node["fleet_updates_heard"].values()) / node["clients"] / window_s * x["interval_s"]
+    return f"""
+**Fan-out through Redis: what the fleet costs.** The two nodes together used {x['server_cpu_percent']:.1f} % of the core
+against {x['single']['server']['cpu_percent']:.1f} % for one process with as many clients: besides its node's `vram_update`,
+each client hears every node's `fleet_update` ({per_client:.1f} a poll in this run), so a poll is
+{1 + per_client:.0f} broadcasts to every client instead of one (the origin's own clients get the reading a second time,
+in the `fleet_update`), and each node also writes its entry to Redis, reads the others' and decodes
+the other node's events.
+
+**Fan-out through Redis: what the queue adds.** The other process's clients hear a `fleet_update`
+{m(x['queue_added_p50_ms'])} ms later than the origin's own at p50 ({m(x['queue_added_p99_ms'])} ms at p99) in this run. Two parts:
+python-socketio's `PubSubManager.emit` delivers to the origin's sockets before it publishes, so the
+publish waits for the whole local fan-out (the origin's clients were served a median
+{-x['queue_local_p50_ms']['median']:.1f} ms before it); then Redis, the other node's listener green thread and its own fan-out
+(its first client {m(x['queue_remote_first_ms'])} ms, its median {m(x['queue_remote_p50_ms'])} ms after the publish). Separately, a
+`fleet_update` carries a reading {m(x['queue_reading_age_ms'], 0)} ms old at the median: `Fleet.run`
+(fleet/registry.py) ticks on a schedule of its own, started with the poller's and at the same
+interval, so whether a tick sends the new reading or the previous one depends on which of the two
+wakes first: here it mostly sent the previous one (one interval old, plus the local fan-out; 2 s at
+the default interval) and, as the schedules drift, now and then the same one twice. Publishing from
+the poller's hook (as `vram_update` is) instead of a schedule of its own would send the current one.
 """
 
 

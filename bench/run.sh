@@ -1,6 +1,7 @@
 #!/bin/sh
-# Run every benchmark (~8 minutes) and rewrite BENCHMARKS.md. Installs wrk and nginx with apt-get
-# when missing (needs root). Pass --only SECTIONS or --report through to `python -m bench`.
+# Run every benchmark (~10 minutes) and rewrite BENCHMARKS.md. Installs wrk, nginx, redis-server and
+# PostgreSQL with apt-get when missing (needs root). Pass --only SECTIONS or --report through to
+# `python -m bench`.
 set -eu
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

@@ -6,10 +6,13 @@ Each message's receipt is stamped twice: when the kernel received its last byte
 (SO_TIMESTAMPNS, immune to this process's own scheduling delays on a busy machine) and when this
 loop parsed it. The payload's `timestamp` is read from the bytes without parsing the JSON.
 
-    python -m bench.ws_client --port P --token T --count N [--deflate]
+    python -m bench.ws_client --port P --token T --count N [--deflate] [--fleet]
 
 prints `READY <connected> <failed>` once connected; then on stdin `report` prints one JSON line
-(every sample since the last report) and `quit` closes everything and exits.
+(every sample since the last report) and `quit` closes everything and exits. A sample is
+[server timestamp, kernel receipt, parsed at, bytes]; with --fleet, `fleet_update` events are
+recorded too (their timestamp is the origin node's reading, in `status`) and every sample ends
+with a tag: "vram_update", or "fleet_update:<origin node>".
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import zlib
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 EVENT_PREFIX = b'42["vram_update",'
+FLEET_PREFIX = b'42["fleet_update",{"node":"'
 TIMESTAMP_KEY = b'"timestamp":'
 ANC_SIZE = socket.CMSG_SPACE(16)
 
@@ -195,7 +199,13 @@ class Connection:
                 return
             server_ts = parse_timestamp(message)
             if server_ts is not None:
-                self.client.record(server_ts, kernel_ts or app_ts, app_ts, len(message))
+                self.client.record(server_ts, kernel_ts or app_ts, app_ts, len(message), "vram_update")
+        elif self.client.fleet and message.startswith(FLEET_PREFIX):
+            end = message.find(b'"', len(FLEET_PREFIX))
+            server_ts = parse_timestamp(message)  # the last "timestamp": the origin's status
+            if server_ts is not None and end > 0:
+                origin = message[len(FLEET_PREFIX):end].decode("ascii", "replace")
+                self.client.record(server_ts, kernel_ts or app_ts, app_ts, len(message), f"fleet_update:{origin}")
         elif message == b"2":
             self.send(mask_frame(b"3"))
         elif message.startswith(b"0{"):
@@ -223,8 +233,9 @@ class Connection:
 
 
 class Client:
-    def __init__(self, port: int, token: str, count: int, deflate: bool, in_flight: int):
+    def __init__(self, port: int, token: str, count: int, deflate: bool, in_flight: int, fleet: bool = False):
         self.port = port
+        self.fleet = fleet
         self.token = token
         self.count = count
         self.deflate = deflate
@@ -235,12 +246,13 @@ class Client:
         self.started = 0
         self.ready = 0
         self.failed: list[str] = []
-        self.samples: list[tuple[float, float, float, int]] = []
+        self.samples: list[tuple] = []
         self.stdin_buf = b""
         self.running = True
 
-    def record(self, server_ts: float, kernel_ts: float, app_ts: float, size: int) -> None:
-        self.samples.append((server_ts, kernel_ts, app_ts, size))
+    def record(self, server_ts: float, kernel_ts: float, app_ts: float, size: int, tag: str) -> None:
+        self.samples.append((server_ts, kernel_ts, app_ts, size, tag) if self.fleet else
+                            (server_ts, kernel_ts, app_ts, size))
 
     def on_ready(self, conn: Connection) -> None:
         self.ready += 1
@@ -319,8 +331,9 @@ def main() -> int:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate, as browsers do")
     parser.add_argument("--in-flight", type=int, default=8, help="connections being set up at once")
+    parser.add_argument("--fleet", action="store_true", help="also record fleet_update, and tag every sample")
     args = parser.parse_args()
-    Client(args.port, args.token, args.count, args.deflate, args.in_flight).run()
+    Client(args.port, args.token, args.count, args.deflate, args.in_flight, args.fleet).run()
     return 0
 
 
