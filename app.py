@@ -116,7 +116,7 @@ def create_app(config: Config | None = None, *, nvml_reader: NvmlReader | None =
         return None if polled is None else polled.body
 
     interval_s = runtime_settings.value("vram_poll_interval_s")
-    fleet_view = Fleet(config.node_name, config.public_url or _local_url(config), interval_s,
+    fleet_view = Fleet(config.node_name, config.public_url or _local_url(config), lambda: poller.interval_s,
                        latest_status=latest_status, nvml_ok=nvml_ok, ollama_ok=ollama.is_reachable,
                        broadcast=hub.broadcast, publish_vram=hub.publish_vram, link=link, clock=clock)
     poller = VramPoller(reader, interval_s, publish=fleet_view.publish_vram,

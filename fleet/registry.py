@@ -1,6 +1,6 @@
 """The fleet view: each node's latest reading in Redis, the list of nodes, and fleet_update.
 
-Every poll interval a node writes its entry — name, public URL, its /api/vram/status body,
+With every reading the poller takes, a node writes its entry — name, public URL, its /api/vram/status body,
 whether Ollama and NVML answer, when — to `<prefix>:fleet:node:<name>` with an expiry of an
 hour (so a node gone for an hour drops out by itself), and emits `fleet_update` through the
 Socket.IO queue, so every client of every process hears every node. `nodes()` reads them all;
@@ -21,6 +21,8 @@ from fleet.link import RedisLink
 
 log = logging.getLogger(__name__)
 EVENT = "fleet_update"
+# Without a new reading, the entry is still published this many poll intervals apart.
+HEARTBEAT_INTERVALS = 1.5
 STALE_AFTER_INTERVALS = 3
 DROPPED_AFTER_S = 3600
 # How often a node reads the others' entries on its own (so that it knows whom it lost sight of
@@ -31,13 +33,15 @@ REFRESH_EVERY_S = 1.0
 class Fleet:
     """This node's entry, published at its poll interval; every node's, read back."""
 
-    def __init__(self, name: str, url: str, interval_s: float, *, latest_status: Callable[[], dict | None],
+    def __init__(self, name: str, url: str, interval_s: float | Callable[[], float], *,
+                 latest_status: Callable[[], dict | None],
                  nvml_ok: Callable[[], bool], ollama_ok: Callable[[], bool],
                  broadcast: Callable[[str, Any], None], publish_vram: Callable[[dict], None],
                  link: RedisLink | None = None, clock: Callable[[], float] = time.time):
         self.name = name
         self.url = url
-        self.interval_s = interval_s
+        # The poll interval, read when used: PATCH /api/settings changes it without a restart.
+        self._interval_s = interval_s if callable(interval_s) else (lambda: interval_s)
         self._latest_status = latest_status
         self._nvml_ok = nvml_ok
         self._ollama_ok = ollama_ok
@@ -49,6 +53,11 @@ class Fleet:
         self._known: dict[str, dict[str, Any]] = {}  # the other nodes, as last read from Redis
         self._read_at = -float("inf")
         self._stopping = False
+        self._new_reading = concurrency.Event()
+
+    @property
+    def interval_s(self) -> float:
+        return self._interval_s()
 
     @property
     def shared(self) -> bool:
@@ -58,6 +67,7 @@ class Fleet:
     def publish_vram(self, body: dict[str, Any]) -> None:
         """The poller's publish: this node's reading as vram_update, naming the node."""
         self._publish_vram({**body, "node": self.name})
+        self._new_reading.set()  # run() publishes the fleet entry with this reading now
 
     def own_entry(self) -> dict[str, Any]:
         """This node's entry, as of now."""
@@ -80,21 +90,26 @@ class Fleet:
         return entry
 
     def run(self) -> None:
-        """tick() every poll interval, on a fixed schedule (a background task's body)."""
-        deadline = concurrency.monotonic()
+        """tick() on every new reading (a background task's body).
+
+        Driven by the poller's publish, so every fleet_update carries the reading just taken, once.
+        When no reading comes (a driver that stopped answering), the entry still goes out every
+        1.5 intervals, so the node is seen alive with a reading as old as it is (and others mark
+        it stale only when they stop hearing from it).
+        """
         while not self._stopping:
+            self._new_reading.wait(HEARTBEAT_INTERVALS * self.interval_s)
+            self._new_reading.clear()
+            if self._stopping:
+                break
             try:
                 self.tick()
             except Exception:  # a publisher that dies silently would make this node look gone
-                log.exception("could not publish this node's fleet entry; retrying at the next interval")
-            deadline += self.interval_s
-            now = concurrency.monotonic()
-            if deadline < now:
-                deadline = now + self.interval_s - ((now - deadline) % self.interval_s)
-            concurrency.sleep(max(0.0, deadline - now))
+                log.exception("could not publish this node's fleet entry; retrying at the next reading")
 
     def stop(self) -> None:
         self._stopping = True
+        self._new_reading.set()
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every node heard of in the last hour, by name, each marked stale or not."""
