@@ -5,6 +5,10 @@ A `DownloadJob` reads Ollama's NDJSON pull stream in a green thread. Its progres
 as `model_download_progress` at most every `min_interval_s` per model, except that a status
 change and the final event are sent at once, and a throttled update is flushed after the interval
 even if Ollama goes quiet.
+
+With REDIS_URL, one process of a node runs a model's pull and holds its lease
+(ollama_client/download_owners.py): the other processes join it, list it from the lease's state
+and cancel it through the lease.
 """
 from __future__ import annotations
 
@@ -17,9 +21,10 @@ from typing import Any, Callable
 import concurrency
 from errors import ApiError, NotFoundError
 from ollama_client.client import OllamaClient, PullStream
-from ollama_client.download_owners import RENEW_EVERY_S, DownloadOwners
+from ollama_client.download_owners import CANCEL_ASKED, LOST, OWNER_TTL_S, RENEW_EVERY_S, DownloadOwners
 from ollama_client.history import DownloadHistory
 from ollama_client.formatting import iso_time, percent_text
+from ollama_client.names import canonical_or_none
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,10 @@ START_WAIT_S = 10.0
 SHUTDOWN_MESSAGE = "interrupted: server shutting down"
 MAX_RUNNING_PERCENT = 99.9
 SHUTDOWN_FLUSH_S = 0.2
-CLAIM_CHECK_S = 0.5  # how soon another process may start a model's pull after this one's ended
+# How long a cancel asked of another process waits for it: past the lease's expiry, so that an
+# owner that died meanwhile is noticed too.
+REMOTE_CANCEL_WAIT_S = OWNER_TTL_S + 2.0
+REMOTE_CANCEL_POLL_S = 0.05
 
 Publish = Callable[[str, dict[str, Any]], None]
 
@@ -95,6 +103,7 @@ class DownloadJob:
 
     model_name: str
     started_at: float
+    key: str = ""  # the canonical model name the jobs (and the leases) are keyed by
     status: str = DOWNLOADING
     message: str = "Download started"
     error: str | None = None
@@ -108,6 +117,7 @@ class DownloadJob:
     dirty: bool = False
     flusher: Any = None
     emit_lock: Any = field(default_factory=concurrency.Lock)
+    lease_lock: Any = field(default_factory=concurrency.Lock)  # a renewal never follows the release
     record_id: int | None = None  # its row in the download history
 
     @property
@@ -137,6 +147,15 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
             "completed_bytes": record["completed_bytes"], "total_bytes": record["total_bytes"],
             "started_at": iso_time(record["started_at"]), "finished_at": iso_time(record["finished_at"]),
             "error": record["error"], "message": record["message"]}
+
+
+def _record_key(record: dict[str, Any]) -> str:
+    """The model key of a history row (rows written before the fleet have none)."""
+    return record.get("model_key") or canonical_or_none(record["model_name"]) or record["model_name"]
+
+
+def _started_at(summary: dict[str, Any]) -> str:
+    return summary.get("started_at") or ""
 
 
 class DownloadManager:
@@ -171,34 +190,47 @@ class DownloadManager:
                 raise ApiError("the server is shutting down", status=503)
             job = self._jobs.get(key)
             joined = job is not None and job.running
-            if not joined and self._owners is not None and not self._owners.claim(key):
-                # Another process of this node runs it; its events reach our clients through the queue.
-                return DownloadJob(model_name=model_name, started_at=self._clock()), True
             if not joined:
-                job = DownloadJob(model_name=model_name, started_at=self._clock(), started=concurrency.Event())
+                job = DownloadJob(model_name=model_name, started_at=self._clock(), key=key,
+                                  started=concurrency.Event())
+                if self._owners is not None and not self._owners.claim(key, job.summary()):
+                    # Another process of this node runs it; its events reach our clients through the queue.
+                    return job, True
                 if self._history is not None:
-                    job.record_id = self._saved(lambda h: h.start(model_name, job.started_at))
+                    owner = self._owners.owner_id if self._owners is not None else None
+                    job.record_id = self._saved(lambda h: h.start(model_name, job.started_at, model_key=key,
+                                                                  owner=owner))
                 self._jobs[key] = job
                 job.thread = concurrency.spawn(self._run, job)
                 if self._owners is not None:
-                    concurrency.spawn(self._hold_claim, key, job)
+                    concurrency.spawn(self._hold_lease, job)
         # Wait for the upstream's answer; a joiner waits on the same event.
         job.started.wait(self._start_wait_s)
         if job.start_error is not None:
             raise job.start_error
         return job, joined
 
-    def _hold_claim(self, key: str, job: DownloadJob) -> None:
-        """Renew this process's claim on the model while its pull runs; release it soon after."""
-        renewed = concurrency.monotonic()
-        try:
-            while job.running:
-                concurrency.sleep(CLAIM_CHECK_S)
-                if job.running and concurrency.monotonic() - renewed >= RENEW_EVERY_S:
-                    self._owners.renew(key)
-                    renewed = concurrency.monotonic()
-        finally:
-            self._owners.release(key)
+    def _hold_lease(self, job: DownloadJob) -> None:
+        """Renew this process's lease on the model with the job's state while its pull runs, and
+        cancel the pull when another process asks for it (_finish releases the lease)."""
+        lost = False
+        while True:
+            with job.lease_lock:
+                if not job.running:
+                    return
+                answer = self._owners.renew(job.key, job.summary(), job.record_id)
+            if answer == CANCEL_ASKED:
+                log.info("download of %s cancelled from another process", job.model_name)
+                try:
+                    self.cancel(job.key)
+                except NotFoundError:
+                    pass  # it ended meanwhile
+                return
+            if answer == LOST and not lost:
+                log.warning("download of %s: another process took its lease (this one was not heard for "
+                            "%.0f s); the pull goes on here", job.model_name, OWNER_TTL_S)
+            lost = answer == LOST
+            concurrency.sleep(RENEW_EVERY_S)
 
     def _run(self, job: DownloadJob) -> None:
         """Read one pull stream to its end (the green thread's body)."""
@@ -272,6 +304,10 @@ class DownloadManager:
         self._publish_now(job)
         if self._history is not None and job.record_id is not None:
             self._saved(lambda h: h.finish(job.record_id, job.summary(), job.finished_at))
+        if self._owners is not None and job.key:
+            # After the history has the final state: a process that finds the lease gone reads it there.
+            with job.lease_lock:
+                self._owners.release(job.key)
         return True
 
     def _saved(self, write: Callable[[DownloadHistory], Any]) -> Any:
@@ -282,17 +318,41 @@ class DownloadManager:
             log.warning("download history not saved: %s", exc.message)
             return None
 
-    def cancel(self, key: str) -> DownloadJob:
-        """Cancel the running pull of a model: close the upstream stream, mark it cancelled."""
+    def cancel(self, key: str) -> None:
+        """Cancel the running pull of a model: close the upstream stream, mark it cancelled.
+
+        A pull that another process of this node runs is cancelled by that process (asked through
+        its lease); this waits until it has.
+        """
         with self._lock:
             job = self._jobs.get(key)
-            if job is None or not job.running:
-                raise NotFoundError("no download of this model is running")
-            stream = job.stream
+            running_here = job is not None and job.running
+            stream = job.stream if running_here else None
+        if not running_here:
+            self._cancel_elsewhere(key)
+            return
         self._finish(job, CANCELLED, message="Download cancelled")
         if stream is not None:
             stream.close()  # Ollama cancels a pull when its last client goes away
-        return job
+
+    def _cancel_elsewhere(self, key: str) -> None:
+        lease = self._owners.request_cancel(key) if self._owners is not None else None
+        if lease is None or lease.owner == self._owners.owner_id:  # ours: a lease left by a failed release
+            raise NotFoundError("no download of this model is running")
+        deadline = concurrency.monotonic() + REMOTE_CANCEL_WAIT_S
+        while True:
+            leases = self._owners.leases([key])
+            current = leases.get(key) if leases is not None else lease  # Redis away: keep waiting
+            if current is None or current.owner != lease.owner:
+                break  # the owner ended it (or died: its lease expired)
+            if concurrency.monotonic() >= deadline:
+                raise ApiError(f"the server process running this download did not answer the cancel within "
+                               f"{REMOTE_CANCEL_WAIT_S:.0f} s; try again", status=504)
+            concurrency.sleep(REMOTE_CANCEL_POLL_S)
+        record = (self._saved(lambda h: h.get(lease.record_id))
+                  if self._history is not None and lease.record_id is not None else None)
+        if record is not None and record["status"] not in (CANCELLED, DOWNLOADING):
+            raise NotFoundError("no download of this model is running")  # it ended before the cancel arrived
 
     def shutdown(self) -> None:
         """Mark running jobs interrupted (publishing that) and stop their readers."""
@@ -312,29 +372,44 @@ class DownloadManager:
     # -- reading back --------------------------------------------------------------------------
 
     def is_running(self, key: str) -> bool:
+        """Whether a pull of the model runs in this process or, with owners, another of this node."""
         with self._lock:
             job = self._jobs.get(key)
-            return job is not None and job.running
+            if job is not None and job.running:
+                return True
+        lease = self._owners.lease(key) if self._owners is not None else None
+        return lease is not None and lease.owner != self._owners.owner_id
 
     def list(self) -> list[dict[str, Any]]:
-        """Running jobs and those that finished in the last hour, oldest first."""
+        """Running downloads and those that finished in the last hour, one a model (its latest),
+        oldest first.
+
+        This process's jobs; with owners, the pulls other processes of this node run (their
+        leases' state); from the history, those that ended elsewhere or before the last restart.
+        """
         now = self._clock()
         with self._lock:
             for key in [k for k, j in self._jobs.items()
                         if j.finished_at is not None and now - j.finished_at > FINISHED_RETENTION_S]:
                 del self._jobs[key]
-            jobs = sorted(self._jobs.values(), key=lambda j: j.started_at)
-            summaries = [job.summary() for job in jobs]
-            known = {job.model_name for job in jobs}
+            latest = {key: job.summary() for key, job in self._jobs.items()}
+
+        def keep(key: str, summary: dict[str, Any]) -> None:
+            # ISO times of one format and zone sort as the times do. A tie is the same download, seen
+            # running in a lease an instant before its owner released it, and ended in the history.
+            known = latest.get(key)
+            if known is None or _started_at(summary) > _started_at(known) or (
+                    _started_at(summary) == _started_at(known) and known["status"] == DOWNLOADING):
+                latest[key] = summary
+
+        if self._owners is not None:
+            for lease in self._owners.held_elsewhere() or []:
+                if lease.state is not None:
+                    keep(lease.model_key, lease.state)
         if self._history is not None:
-            # Those that ended before the last restart: the history has them, this process does not
-            # (one entry a model, its latest, as for the jobs of this process).
-            latest: dict[str, dict[str, Any]] = {}
             for record in self._saved(lambda h: h.finished_since(now - FINISHED_RETENTION_S)) or []:
-                if record["model_name"] not in known:
-                    latest[record["model_name"]] = record
-            summaries = [_summary(r) for r in latest.values()] + summaries
-        return summaries
+                keep(_record_key(record), _summary(record))
+        return sorted(latest.values(), key=_started_at)
 
     # -- publishing ----------------------------------------------------------------------------
 
