@@ -9,7 +9,8 @@ written (only if it still holds it). Meanwhile the other processes of the node:
 - join a second request for the model (their clients get the owner's `model_download_progress`
   events through the Socket.IO queue) and list the download from the lease's state;
 - cancel it by setting the lease's `cancel` field, which the owner reads at its next renewal;
-- see a lease vanish when its owner dies (it is not renewed for OWNER_TTL_S).
+- see a lease vanish when its owner dies (it is not renewed for OWNER_TTL_S), and then mark
+  the owner's row in the history interrupted (ollama_client/downloads.py's sweep).
 
 The lease is per node: each GPU host has its own Ollama. Without Redis (or while it is away)
 each process owns its own downloads, as before; every call here then answers None ("Redis

@@ -8,7 +8,9 @@ even if Ollama goes quiet.
 
 With REDIS_URL, one process of a node runs a model's pull and holds its lease
 (ollama_client/download_owners.py): the other processes join it, list it from the lease's state
-and cancel it through the lease.
+and cancel it through the lease; and each of them sweeps the history every SWEEP_EVERY_S for
+rows of this node whose owner's lease is gone (the process died), which it marks interrupted and
+announces with a final event, so that no download stays "downloading" for ever.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ START_WAIT_S = 10.0
 SHUTDOWN_MESSAGE = "interrupted: server shutting down"
 MAX_RUNNING_PERCENT = 99.9
 SHUTDOWN_FLUSH_S = 0.2
+SWEEP_EVERY_S = 1.0  # how often each process looks for downloads of this node whose owner died
+ORPHANED_MESSAGE = "interrupted: the server process running the download stopped"
 # How long a cancel asked of another process waits for it: past the lease's expiry, so that an
 # owner that died meanwhile is noticed too.
 REMOTE_CANCEL_WAIT_S = OWNER_TTL_S + 2.0
@@ -149,6 +153,12 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
             "error": record["error"], "message": record["message"]}
 
 
+def _event(summary: dict[str, Any]) -> dict[str, Any]:
+    """The `model_download_progress` payload of a `GET downloads` entry."""
+    return {name: summary[name] for name in ("model_name", "progress", "percent", "status", "completed_bytes",
+                                             "total_bytes", "message")}
+
+
 def _record_key(record: dict[str, Any]) -> str:
     """The model key of a history row (rows written before the fleet have none)."""
     return record.get("model_key") or canonical_or_none(record["model_name"]) or record["model_name"]
@@ -167,8 +177,12 @@ class DownloadManager:
         self._client = client
         self._owners = owners  # with REDIS_URL: one process of this node runs each model's pull
         self._history = history
-        if history is not None:
+        if history is not None and owners is None:
+            # A fleet of one: whatever is still running in the history ran in this server's last life.
+            # With owners the other processes' pulls may be running: sweep() ends those whose owner died.
             history.interrupt_leftovers(clock())
+        self._suspects: set[int] = set()  # rows without a live owner at the last sweep
+        self._last_states: dict[int, dict[str, Any]] = {}  # rows' latest state as their owners wrote it
         self._publish = publish
         self._clock = clock
         self.min_interval_s = min_interval_s
@@ -339,20 +353,26 @@ class DownloadManager:
         lease = self._owners.request_cancel(key) if self._owners is not None else None
         if lease is None or lease.owner == self._owners.owner_id:  # ours: a lease left by a failed release
             raise NotFoundError("no download of this model is running")
+        state = None
         deadline = concurrency.monotonic() + REMOTE_CANCEL_WAIT_S
         while True:
             leases = self._owners.leases([key])
             current = leases.get(key) if leases is not None else lease  # Redis away: keep waiting
             if current is None or current.owner != lease.owner:
                 break  # the owner ended it (or died: its lease expired)
+            state = current.state or state
             if concurrency.monotonic() >= deadline:
                 raise ApiError(f"the server process running this download did not answer the cancel within "
                                f"{REMOTE_CANCEL_WAIT_S:.0f} s; try again", status=504)
             concurrency.sleep(REMOTE_CANCEL_POLL_S)
         record = (self._saved(lambda h: h.get(lease.record_id))
                   if self._history is not None and lease.record_id is not None else None)
-        if record is not None and record["status"] not in (CANCELLED, DOWNLOADING):
+        if record is None or record["status"] == CANCELLED:
+            return
+        if record["status"] != DOWNLOADING:
             raise NotFoundError("no download of this model is running")  # it ended before the cancel arrived
+        # The lease expired with the row still running: its owner died. The pull stopped with it.
+        self._end_orphan(record, state, status=CANCELLED, message="Download cancelled")
 
     def shutdown(self) -> None:
         """Mark running jobs interrupted (publishing that) and stop their readers."""
@@ -410,6 +430,75 @@ class DownloadManager:
             for record in self._saved(lambda h: h.finished_since(now - FINISHED_RETENTION_S)) or []:
                 keep(_record_key(record), _summary(record))
         return sorted(latest.values(), key=_started_at)
+
+    # -- downloads whose owner died ------------------------------------------------------------
+
+    @property
+    def sweeps(self) -> bool:
+        """Whether run_sweeps has anything to do (several processes share the history)."""
+        return self._owners is not None and self._history is not None
+
+    def run_sweeps(self) -> None:
+        """sweep() every SWEEP_EVERY_S until shutdown (a background task's body)."""
+        failing = False
+        while not self._closed:
+            try:
+                self.sweep()
+                failing = False
+            except ApiError as exc:  # the database is away: the next sweep tries again
+                if not failing:
+                    log.warning("could not look for downloads whose server process stopped: %s", exc.message)
+                failing = True
+            except Exception:  # a sweeper that dies silently would leave dead owners' downloads running
+                log.exception("could not look for downloads whose server process stopped; retrying")
+            concurrency.sleep(SWEEP_EVERY_S)
+
+    def sweep(self) -> int:
+        """Mark interrupted this node's running rows whose owner's lease is gone; return how many.
+
+        A row is ended when its lease was missing (or another process's) at two sweeps in a row, so
+        that an owner that renews late once (Redis restarted empty, a short stall) keeps its pull.
+        While Redis cannot say, nobody is declared dead.
+        """
+        if not self.sweeps:
+            return 0
+        with self._lock:
+            mine = {job.record_id for job in self._jobs.values() if job.running}
+        rows = [r for r in self._history.running() if r["id"] not in mine]
+        leases = self._owners.leases(sorted({_record_key(r) for r in rows}))
+        if leases is None:
+            return 0
+        suspects: set[int] = set()
+        ended = 0
+        for row in rows:
+            lease = leases[_record_key(row)]
+            if lease is not None and lease.owner == row["owner"] and lease.record_id in (None, row["id"]):
+                if lease.state is not None:
+                    self._last_states[row["id"]] = lease.state
+            elif row["id"] in self._suspects:
+                ended += self._end_orphan(row, self._last_states.get(row["id"]), announce=lease is None)
+            else:
+                suspects.add(row["id"])
+        self._suspects = suspects
+        live = {r["id"] for r in rows}
+        self._last_states = {i: s for i, s in self._last_states.items() if i in live}
+        return ended
+
+    def _end_orphan(self, row: dict[str, Any], state: dict[str, Any] | None, *, status: str = ERROR,
+                    message: str = ORPHANED_MESSAGE, announce: bool = True) -> bool:
+        """End a row whose owner died with its last known state; announce it unless another pull of
+        the model runs now (its events tell the clients). False if another process ended it first."""
+        last = state if state is not None else _summary(row)
+        finished_at = self._clock()
+        summary = {**last, "status": status, "message": message, "finished_at": iso_time(finished_at),
+                   "error": message if status == ERROR else None}
+        if not self._history.end_if_running(row["id"], summary, finished_at):
+            return False
+        log.warning("download of %s: the server process running it stopped (its lease was not renewed for "
+                    "%.0f s); marked %s", row["model_name"], OWNER_TTL_S, status)
+        if announce:
+            self._publish(EVENT, _event(summary))
+        return True
 
     # -- publishing ----------------------------------------------------------------------------
 

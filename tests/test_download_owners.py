@@ -1,6 +1,7 @@
 """Download leases in a real Redis (ollama_client/download_owners.py), and what a process does
-with the leases of the others: list their downloads, and cancel them. The processes here are
-objects in this one; tests/test_fleet_live.py runs them as real processes."""
+with the leases of the others: the sweep that ends a pull whose owner died, and a cancel asked of
+another process. The processes here are objects in this one; tests/test_fleet_live.py runs them
+as real processes."""
 import time
 
 import pytest
@@ -10,7 +11,7 @@ from errors import ApiError, NotFoundError
 from fleet.link import RedisLink
 from ollama_client.client import OllamaClient
 from ollama_client.download_owners import CANCEL_ASKED, LOST, RENEWED, DownloadOwners
-from ollama_client.downloads import DownloadManager
+from ollama_client.downloads import ORPHANED_MESSAGE, DownloadManager
 from ollama_client.history import DownloadHistory
 from tests.live import free_port, wait_until
 
@@ -141,6 +142,75 @@ def node(link, database, fake_ollama):
         client.close()
 
 
+def test_scenario_owner_dies_mid_pull_another_process_ends_it_once(node, database):
+    _, _, dead = node(ttl_s=SHORT_TTL_S)
+    b, published, _ = node()
+    c, published_c, _ = node()
+    history = DownloadHistory(database, NODE)
+    record_id = orphan_of(dead, history)
+    assert b.sweep() == 0  # its lease is live: it is running
+    assert [d["status"] for d in b.list()] == ["downloading"]
+    time.sleep(SHORT_TTL_S + 0.1)
+    assert b.list() == []  # no owner: not listed as running any more
+    assert b.sweep() == 0 and c.sweep() == 0  # gone once: maybe a late renewal
+    assert b.sweep() == 1
+    assert c.sweep() == 0 and b.sweep() == 0  # ended once, by one process
+    row = history.get(record_id)
+    assert (row["status"], row["error"], row["percent"], row["completed_bytes"]) == ("error", ORPHANED_MESSAGE,
+                                                                                      20.0, 200)
+    assert row["finished_at"] is not None
+    assert published == [("model_download_progress", {
+        "model_name": "big:70b", "progress": "20.0%", "percent": 20.0, "status": "error", "completed_bytes": 200,
+        "total_bytes": 1000, "message": ORPHANED_MESSAGE})]
+    assert published_c == []
+    [listed] = b.list()
+    assert (listed["status"], listed["error"], listed["percent"]) == ("error", ORPHANED_MESSAGE, 20.0)
+
+
+def test_a_sweep_leaves_other_nodes_alone_and_ends_rows_from_before_the_fleet(node, database):
+    b, published, _ = node()
+    DownloadHistory(database, "other-box").start("elsewhere", time.time(), model_key="x", owner="someone")
+    legacy = DownloadHistory(database).start("legacy", time.time())  # no node, no owner
+    assert b.sweep() == 0
+    assert b.sweep() == 1
+    assert DownloadHistory(database).get(legacy)["status"] == "error"
+    assert [d["model_name"] for d in DownloadHistory(database).running()] == ["elsewhere"]
+    assert [p["model_name"] for _, p in published] == ["legacy"]
+
+
+def test_a_sweep_while_redis_is_away_ends_nothing(node, database, dead_link):
+    b, published, _ = node(link=dead_link)
+    DownloadHistory(database, NODE).start("big:70b", time.time(), model_key=KEY, owner="gone")
+    assert b.sweep() == 0 and b.sweep() == 0
+    assert published == []
+
+
+def test_a_newer_pull_of_the_model_silences_the_orphans_final_event(node, database):
+    _, _, dead = node(ttl_s=SHORT_TTL_S)
+    b, published, live = node()
+    history = DownloadHistory(database, NODE)
+    record_id = orphan_of(dead, history)
+    time.sleep(SHORT_TTL_S + 0.1)
+    live.claim(KEY, state(started_at="2026-12-02T11:00:00.000+00:00"))  # a new pull of the same model
+    assert b.sweep() == 0 and b.sweep() == 1
+    assert history.get(record_id)["status"] == "error"
+    assert published == []  # the running pull's own events tell the clients
+
+
+def test_a_cancel_asked_of_a_process_that_died_ends_the_row_cancelled(node, database):
+    _, _, dead = node(ttl_s=SHORT_TTL_S)
+    b, published, _ = node()
+    record_id = orphan_of(dead, DownloadHistory(database, NODE))
+    started = time.monotonic()
+    b.cancel(KEY)  # waits for the lease to expire
+    assert time.monotonic() - started < 2
+    assert DownloadHistory(database).get(record_id)["status"] == "cancelled"
+    assert [(p["status"], p["percent"], p["message"]) for _, p in published] == [
+        ("cancelled", 20.0, "Download cancelled")]
+    with pytest.raises(NotFoundError):
+        b.cancel(KEY)
+
+
 def test_a_cancel_the_owner_does_not_answer_is_504(node, database, monkeypatch):
     _, _, deaf = node()  # holds its lease for the test's length, never reads the request
     b, _, _ = node()
@@ -165,6 +235,15 @@ def test_a_process_cancels_its_pull_when_another_asks(node, fake_ollama):
     assert not b.is_running(KEY)
     with pytest.raises(NotFoundError):
         b.cancel(KEY)
+
+
+def test_a_process_that_starts_leaves_the_others_running_downloads_alone(node, database, link):
+    history = DownloadHistory(database, NODE)
+    running = DownloadOwners(link, NODE)
+    record_id = orphan_of(running, history)  # its owner is alive: the lease is fresh
+    b, _, _ = node()
+    assert b.sweep() == 0 and b.sweep() == 0
+    assert history.get(record_id)["status"] == "downloading"
 
 
 def test_a_node_lists_its_own_downloads(node, database):
