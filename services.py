@@ -77,13 +77,16 @@ class Services:
         return self.ollama.is_reachable()
 
     def start_background_tasks(self) -> None:
-        """Start what runs on its own: the poller, the session store's expiry timer, the fleet entry."""
+        """Start what runs on its own: the poller, the session store's expiry timer, the fleet entry, the
+        sweep for downloads whose process died."""
         start = self.socketio.start_background_task
         self._tasks = [start(self.poller.run), start(self.accounts.run_expiry), start(self._purge_old_records)]
         if self.fleet.shared:  # a fleet of one has nobody to tell: GET /api/fleet builds its entry on demand
             self._tasks.append(start(self.fleet.run))
         if self.bus is not None:
             self._tasks.append(start(self.bus.run))
+        if self.downloads.sweeps:  # other processes' downloads whose process died end as interrupted
+            self._tasks.append(start(self.downloads.run_sweeps))
 
     def _purge_old_records(self) -> None:
         """Delete audit entries and usage rows past AUDIT_RETENTION_DAYS, now and every hour."""

@@ -3,7 +3,7 @@
 link.py owns the connection to Redis; bus.py carries ended credentials between processes;
 registry.py keeps the fleet view; routes.py answers /api/fleet and forwards /api/nodes/<node>/….
 The Socket.IO message queue is sockets/queue.py; the login throttle's and the downloads' shared
-state live beside their own code (auth/throttle.py, ollama_client/downloads.py).
+state live beside their own code (auth/throttle.py, ollama_client/download_owners.py).
 """
 
 

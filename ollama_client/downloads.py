@@ -5,6 +5,12 @@ A `DownloadJob` reads Ollama's NDJSON pull stream in a green thread. Its progres
 as `model_download_progress` at most every `min_interval_s` per model, except that a status
 change and the final event are sent at once, and a throttled update is flushed after the interval
 even if Ollama goes quiet.
+
+With REDIS_URL, one process of a node runs a model's pull and holds its lease
+(ollama_client/download_owners.py): the other processes join it, list it from the lease's state
+and cancel it through the lease; and each of them sweeps the history every SWEEP_EVERY_S for
+rows of this node whose owner's lease is gone (the process died), which it marks interrupted and
+announces with a final event, so that no download stays "downloading" for ever.
 """
 from __future__ import annotations
 
@@ -17,9 +23,10 @@ from typing import Any, Callable
 import concurrency
 from errors import ApiError, NotFoundError
 from ollama_client.client import OllamaClient, PullStream
-from ollama_client.download_owners import RENEW_EVERY_S, DownloadOwners
+from ollama_client.download_owners import CANCEL_ASKED, LOST, OWNER_TTL_S, RENEW_EVERY_S, DownloadOwners
 from ollama_client.history import DownloadHistory
 from ollama_client.formatting import iso_time, percent_text
+from ollama_client.names import canonical_or_none
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +38,12 @@ START_WAIT_S = 10.0
 SHUTDOWN_MESSAGE = "interrupted: server shutting down"
 MAX_RUNNING_PERCENT = 99.9
 SHUTDOWN_FLUSH_S = 0.2
-CLAIM_CHECK_S = 0.5  # how soon another process may start a model's pull after this one's ended
+SWEEP_EVERY_S = 1.0  # how often each process looks for downloads of this node whose owner died
+ORPHANED_MESSAGE = "interrupted: the server process running the download stopped"
+# How long a cancel asked of another process waits for it: past the lease's expiry, so that an
+# owner that died meanwhile is noticed too.
+REMOTE_CANCEL_WAIT_S = OWNER_TTL_S + 2.0
+REMOTE_CANCEL_POLL_S = 0.05
 
 Publish = Callable[[str, dict[str, Any]], None]
 
@@ -95,6 +107,7 @@ class DownloadJob:
 
     model_name: str
     started_at: float
+    key: str = ""  # the canonical model name the jobs (and the leases) are keyed by
     status: str = DOWNLOADING
     message: str = "Download started"
     error: str | None = None
@@ -108,6 +121,7 @@ class DownloadJob:
     dirty: bool = False
     flusher: Any = None
     emit_lock: Any = field(default_factory=concurrency.Lock)
+    lease_lock: Any = field(default_factory=concurrency.Lock)  # a renewal never follows the release
     record_id: int | None = None  # its row in the download history
 
     @property
@@ -139,6 +153,21 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
             "error": record["error"], "message": record["message"]}
 
 
+def _event(summary: dict[str, Any]) -> dict[str, Any]:
+    """The `model_download_progress` payload of a `GET downloads` entry."""
+    return {name: summary[name] for name in ("model_name", "progress", "percent", "status", "completed_bytes",
+                                             "total_bytes", "message")}
+
+
+def _record_key(record: dict[str, Any]) -> str:
+    """The model key of a history row (rows written before the fleet have none)."""
+    return record.get("model_key") or canonical_or_none(record["model_name"]) or record["model_name"]
+
+
+def _started_at(summary: dict[str, Any]) -> str:
+    return summary.get("started_at") or ""
+
+
 class DownloadManager:
     """Run pulls in the background, one job per model; publish progress; list, cancel, interrupt."""
 
@@ -148,8 +177,12 @@ class DownloadManager:
         self._client = client
         self._owners = owners  # with REDIS_URL: one process of this node runs each model's pull
         self._history = history
-        if history is not None:
+        if history is not None and owners is None:
+            # A fleet of one: whatever is still running in the history ran in this server's last life.
+            # With owners the other processes' pulls may be running: sweep() ends those whose owner died.
             history.interrupt_leftovers(clock())
+        self._suspects: set[int] = set()  # rows without a live owner at the last sweep
+        self._last_states: dict[int, dict[str, Any]] = {}  # rows' latest state as their owners wrote it
         self._publish = publish
         self._clock = clock
         self.min_interval_s = min_interval_s
@@ -171,34 +204,47 @@ class DownloadManager:
                 raise ApiError("the server is shutting down", status=503)
             job = self._jobs.get(key)
             joined = job is not None and job.running
-            if not joined and self._owners is not None and not self._owners.claim(key):
-                # Another process of this node runs it; its events reach our clients through the queue.
-                return DownloadJob(model_name=model_name, started_at=self._clock()), True
             if not joined:
-                job = DownloadJob(model_name=model_name, started_at=self._clock(), started=concurrency.Event())
+                job = DownloadJob(model_name=model_name, started_at=self._clock(), key=key,
+                                  started=concurrency.Event())
+                if self._owners is not None and not self._owners.claim(key, job.summary()):
+                    # Another process of this node runs it; its events reach our clients through the queue.
+                    return job, True
                 if self._history is not None:
-                    job.record_id = self._saved(lambda h: h.start(model_name, job.started_at))
+                    owner = self._owners.owner_id if self._owners is not None else None
+                    job.record_id = self._saved(lambda h: h.start(model_name, job.started_at, model_key=key,
+                                                                  owner=owner))
                 self._jobs[key] = job
                 job.thread = concurrency.spawn(self._run, job)
                 if self._owners is not None:
-                    concurrency.spawn(self._hold_claim, key, job)
+                    concurrency.spawn(self._hold_lease, job)
         # Wait for the upstream's answer; a joiner waits on the same event.
         job.started.wait(self._start_wait_s)
         if job.start_error is not None:
             raise job.start_error
         return job, joined
 
-    def _hold_claim(self, key: str, job: DownloadJob) -> None:
-        """Renew this process's claim on the model while its pull runs; release it soon after."""
-        renewed = concurrency.monotonic()
-        try:
-            while job.running:
-                concurrency.sleep(CLAIM_CHECK_S)
-                if job.running and concurrency.monotonic() - renewed >= RENEW_EVERY_S:
-                    self._owners.renew(key)
-                    renewed = concurrency.monotonic()
-        finally:
-            self._owners.release(key)
+    def _hold_lease(self, job: DownloadJob) -> None:
+        """Renew this process's lease on the model with the job's state while its pull runs, and
+        cancel the pull when another process asks for it (_finish releases the lease)."""
+        lost = False
+        while True:
+            with job.lease_lock:
+                if not job.running:
+                    return
+                answer = self._owners.renew(job.key, job.summary(), job.record_id)
+            if answer == CANCEL_ASKED:
+                log.info("download of %s cancelled from another process", job.model_name)
+                try:
+                    self.cancel(job.key)
+                except NotFoundError:
+                    pass  # it ended meanwhile
+                return
+            if answer == LOST and not lost:
+                log.warning("download of %s: another process took its lease (this one was not heard for "
+                            "%.0f s); the pull goes on here", job.model_name, OWNER_TTL_S)
+            lost = answer == LOST
+            concurrency.sleep(RENEW_EVERY_S)
 
     def _run(self, job: DownloadJob) -> None:
         """Read one pull stream to its end (the green thread's body)."""
@@ -272,6 +318,10 @@ class DownloadManager:
         self._publish_now(job)
         if self._history is not None and job.record_id is not None:
             self._saved(lambda h: h.finish(job.record_id, job.summary(), job.finished_at))
+        if self._owners is not None and job.key:
+            # After the history has the final state: a process that finds the lease gone reads it there.
+            with job.lease_lock:
+                self._owners.release(job.key)
         return True
 
     def _saved(self, write: Callable[[DownloadHistory], Any]) -> Any:
@@ -282,17 +332,47 @@ class DownloadManager:
             log.warning("download history not saved: %s", exc.message)
             return None
 
-    def cancel(self, key: str) -> DownloadJob:
-        """Cancel the running pull of a model: close the upstream stream, mark it cancelled."""
+    def cancel(self, key: str) -> None:
+        """Cancel the running pull of a model: close the upstream stream, mark it cancelled.
+
+        A pull that another process of this node runs is cancelled by that process (asked through
+        its lease); this waits until it has.
+        """
         with self._lock:
             job = self._jobs.get(key)
-            if job is None or not job.running:
-                raise NotFoundError("no download of this model is running")
-            stream = job.stream
+            running_here = job is not None and job.running
+            stream = job.stream if running_here else None
+        if not running_here:
+            self._cancel_elsewhere(key)
+            return
         self._finish(job, CANCELLED, message="Download cancelled")
         if stream is not None:
             stream.close()  # Ollama cancels a pull when its last client goes away
-        return job
+
+    def _cancel_elsewhere(self, key: str) -> None:
+        lease = self._owners.request_cancel(key) if self._owners is not None else None
+        if lease is None or lease.owner == self._owners.owner_id:  # ours: a lease left by a failed release
+            raise NotFoundError("no download of this model is running")
+        state = None
+        deadline = concurrency.monotonic() + REMOTE_CANCEL_WAIT_S
+        while True:
+            leases = self._owners.leases([key])
+            current = leases.get(key) if leases is not None else lease  # Redis away: keep waiting
+            if current is None or current.owner != lease.owner:
+                break  # the owner ended it (or died: its lease expired)
+            state = current.state or state
+            if concurrency.monotonic() >= deadline:
+                raise ApiError(f"the server process running this download did not answer the cancel within "
+                               f"{REMOTE_CANCEL_WAIT_S:.0f} s; try again", status=504)
+            concurrency.sleep(REMOTE_CANCEL_POLL_S)
+        record = (self._saved(lambda h: h.get(lease.record_id))
+                  if self._history is not None and lease.record_id is not None else None)
+        if record is None or record["status"] == CANCELLED:
+            return
+        if record["status"] != DOWNLOADING:
+            raise NotFoundError("no download of this model is running")  # it ended before the cancel arrived
+        # The lease expired with the row still running: its owner died. The pull stopped with it.
+        self._end_orphan(record, state, status=CANCELLED, message="Download cancelled")
 
     def shutdown(self) -> None:
         """Mark running jobs interrupted (publishing that) and stop their readers."""
@@ -312,29 +392,113 @@ class DownloadManager:
     # -- reading back --------------------------------------------------------------------------
 
     def is_running(self, key: str) -> bool:
+        """Whether a pull of the model runs in this process or, with owners, another of this node."""
         with self._lock:
             job = self._jobs.get(key)
-            return job is not None and job.running
+            if job is not None and job.running:
+                return True
+        lease = self._owners.lease(key) if self._owners is not None else None
+        return lease is not None and lease.owner != self._owners.owner_id
 
     def list(self) -> list[dict[str, Any]]:
-        """Running jobs and those that finished in the last hour, oldest first."""
+        """Running downloads and those that finished in the last hour, one a model (its latest),
+        oldest first.
+
+        This process's jobs; with owners, the pulls other processes of this node run (their
+        leases' state); from the history, those that ended elsewhere or before the last restart.
+        """
         now = self._clock()
         with self._lock:
             for key in [k for k, j in self._jobs.items()
                         if j.finished_at is not None and now - j.finished_at > FINISHED_RETENTION_S]:
                 del self._jobs[key]
-            jobs = sorted(self._jobs.values(), key=lambda j: j.started_at)
-            summaries = [job.summary() for job in jobs]
-            known = {job.model_name for job in jobs}
+            latest = {key: job.summary() for key, job in self._jobs.items()}
+
+        def keep(key: str, summary: dict[str, Any]) -> None:
+            # ISO times of one format and zone sort as the times do. A tie is the same download, seen
+            # running in a lease an instant before its owner released it, and ended in the history.
+            known = latest.get(key)
+            if known is None or _started_at(summary) > _started_at(known) or (
+                    _started_at(summary) == _started_at(known) and known["status"] == DOWNLOADING):
+                latest[key] = summary
+
+        if self._owners is not None:
+            for lease in self._owners.held_elsewhere() or []:
+                if lease.state is not None:
+                    keep(lease.model_key, lease.state)
         if self._history is not None:
-            # Those that ended before the last restart: the history has them, this process does not
-            # (one entry a model, its latest, as for the jobs of this process).
-            latest: dict[str, dict[str, Any]] = {}
             for record in self._saved(lambda h: h.finished_since(now - FINISHED_RETENTION_S)) or []:
-                if record["model_name"] not in known:
-                    latest[record["model_name"]] = record
-            summaries = [_summary(r) for r in latest.values()] + summaries
-        return summaries
+                keep(_record_key(record), _summary(record))
+        return sorted(latest.values(), key=_started_at)
+
+    # -- downloads whose owner died ------------------------------------------------------------
+
+    @property
+    def sweeps(self) -> bool:
+        """Whether run_sweeps has anything to do (several processes share the history)."""
+        return self._owners is not None and self._history is not None
+
+    def run_sweeps(self) -> None:
+        """sweep() every SWEEP_EVERY_S until shutdown (a background task's body)."""
+        failing = False
+        while not self._closed:
+            try:
+                self.sweep()
+                failing = False
+            except ApiError as exc:  # the database is away: the next sweep tries again
+                if not failing:
+                    log.warning("could not look for downloads whose server process stopped: %s", exc.message)
+                failing = True
+            except Exception:  # a sweeper that dies silently would leave dead owners' downloads running
+                log.exception("could not look for downloads whose server process stopped; retrying")
+            concurrency.sleep(SWEEP_EVERY_S)
+
+    def sweep(self) -> int:
+        """Mark interrupted this node's running rows whose owner's lease is gone; return how many.
+
+        A row is ended when its lease was missing (or another process's) at two sweeps in a row, so
+        that an owner that renews late once (Redis restarted empty, a short stall) keeps its pull.
+        While Redis cannot say, nobody is declared dead.
+        """
+        if not self.sweeps:
+            return 0
+        with self._lock:
+            mine = {job.record_id for job in self._jobs.values() if job.running}
+        rows = [r for r in self._history.running() if r["id"] not in mine]
+        leases = self._owners.leases(sorted({_record_key(r) for r in rows}))
+        if leases is None:
+            return 0
+        suspects: set[int] = set()
+        ended = 0
+        for row in rows:
+            lease = leases[_record_key(row)]
+            if lease is not None and lease.owner == row["owner"] and lease.record_id in (None, row["id"]):
+                if lease.state is not None:
+                    self._last_states[row["id"]] = lease.state
+            elif row["id"] in self._suspects:
+                ended += self._end_orphan(row, self._last_states.get(row["id"]), announce=lease is None)
+            else:
+                suspects.add(row["id"])
+        self._suspects = suspects
+        live = {r["id"] for r in rows}
+        self._last_states = {i: s for i, s in self._last_states.items() if i in live}
+        return ended
+
+    def _end_orphan(self, row: dict[str, Any], state: dict[str, Any] | None, *, status: str = ERROR,
+                    message: str = ORPHANED_MESSAGE, announce: bool = True) -> bool:
+        """End a row whose owner died with its last known state; announce it unless another pull of
+        the model runs now (its events tell the clients). False if another process ended it first."""
+        last = state if state is not None else _summary(row)
+        finished_at = self._clock()
+        summary = {**last, "status": status, "message": message, "finished_at": iso_time(finished_at),
+                   "error": message if status == ERROR else None}
+        if not self._history.end_if_running(row["id"], summary, finished_at):
+            return False
+        log.warning("download of %s: the server process running it stopped (its lease was not renewed for "
+                    "%.0f s); marked %s", row["model_name"], OWNER_TTL_S, status)
+        if announce:
+            self._publish(EVENT, _event(summary))
+        return True
 
     # -- publishing ----------------------------------------------------------------------------
 

@@ -20,3 +20,9 @@ class DownloadRecord(Base):
     started_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # Which node's Ollama pulls it, the model as the downloads key it (canonical), and the process
+    # that runs the pull (its lease id in Redis): another process of the node tells from these
+    # whether the pull still has a live owner. Null in rows written before the fleet.
+    node: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
+    model_key: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -10,6 +10,8 @@ import pytest
 import requests
 import socketio
 
+from ollama_client.download_owners import OWNER_TTL_S
+from ollama_client.downloads import ORPHANED_MESSAGE, SWEEP_EVERY_S
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml, Scenario, two_gpus
 from tests.live import free_port, server_env, start_server, wait_for, wait_until, wait_until_up
 
@@ -23,11 +25,14 @@ THREE_GPUS = dataclasses.replace(two_gpus(), gpus=two_gpus().gpus + (
 
 @pytest.fixture
 def fleet(tmp_path, fake_nvml_lib, redis_url, postgres_url):
-    """start(name, scenario, **env): a node of one fleet (the first one migrates the database)."""
+    """start(name, scenario, **env): a process of one fleet (the first one migrates the database).
+
+    Processes given the same name are one node: several processes of one GPU host.
+    """
     servers = []
 
     def start(name: str, scenario: Scenario = two_gpus(), *, wait: bool = True, **env):
-        home = tmp_path / name
+        home = tmp_path / f"{name}-{len(servers)}"
         home.mkdir()
         fake = FakeNvml(home / "scenario.txt", lib_path=fake_nvml_lib)
         fake.apply(scenario)
@@ -192,3 +197,159 @@ def test_redis_without_a_public_url_is_a_configuration_error(tmp_path):
     server = start_server(tmp_path, env=env, wait=False)
     assert server.proc.wait(timeout=15) == 2
     assert "DASHBOARD_PUBLIC_URL: required when REDIS_URL is set" in server.log()
+
+
+# -- downloads shared by the processes of one node --------------------------------------------------
+
+DOWNLOADS = "/api/models/ollama"
+
+
+def downloads(server, headers=None):
+    answer = requests.get(f"{server.url}{DOWNLOADS}/downloads", headers=headers or server.headers(), timeout=5)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["downloads"]
+
+
+def download_of(server, model, headers=None):
+    """The model's entry in the server's GET downloads (None when it lists none)."""
+    return next((d for d in downloads(server, headers) if d["model_name"] == model), None)
+
+
+def model_operation(server, route, model, headers=None):
+    return requests.post(f"{server.url}{DOWNLOADS}/{route}", headers=headers or server.headers(),
+                         json={"model_name": model}, timeout=15)
+
+
+def progress(heard):
+    return [d for e, d in heard if e == "model_download_progress"]
+
+
+def ended(heard):
+    return [d for d in progress(heard) if d["status"] != "downloading"]
+
+
+def one_node(fleet, fake_ollama, count=2):
+    """`count` processes of one node, gpu-box (one Ollama: the fake)."""
+    return fleet.many(*[("gpu-box", ONE_GPU, {"OLLAMA_HOST": fake_ollama.url})] * count)
+
+
+def test_a_download_requested_on_another_process_joins_the_running_one(fleet, fake_ollama):
+    fake_ollama.set_behaviour(pull={"layers": [1000], "lines_per_layer": 10, "line_interval_s": 0.15})
+    a, b = one_node(fleet, fake_ollama)
+    on_a, heard_a = listen(a, a.login(), "model_download_progress")
+    on_b, heard_b = listen(b, a.login(), "model_download_progress")  # one session, valid on both
+    try:
+        started = model_operation(a, "download", "shared")
+        assert (started.status_code, started.json()) == (202, {
+            "success": True, "message": "Download started", "model_name": "shared"})
+        joined = model_operation(b, "download", "shared:latest")  # the same model, spelled otherwise
+        assert (joined.status_code, joined.json()) == (202, {
+            "success": True, "message": "Download already in progress; joined it", "model_name": "shared:latest"})
+        assert download_of(a, "shared")["status"] == "downloading"  # it was running when b joined
+        # b lists a's download while it runs, from the state a renews in Redis.
+        wait_until(lambda: (download_of(b, "shared") or {}).get("completed_bytes", 0) > 0, 5)
+        running_a, running_b = download_of(a, "shared"), download_of(b, "shared")
+        assert running_b["status"] == "downloading" and running_b["started_at"] == running_a["started_at"]
+        assert running_b["percent"] <= running_a["percent"]
+        wait_until(lambda: ended(heard_a) and ended(heard_b), 10)
+    finally:
+        on_a.disconnect()
+        on_b.disconnect()
+    assert fake_ollama.count("POST", "/api/pull") == 1  # b started no pull of its own
+    # b's client heard a's whole download through the queue: every event, in order, the final one once.
+    assert progress(heard_b) == progress(heard_a)
+    events = progress(heard_b)
+    assert events[0]["message"] == "Download started" and len(events) >= 3
+    assert [e["percent"] for e in events] == sorted(e["percent"] for e in events)
+    assert [e["status"] for e in events].count("complete") == 1
+    assert events[-1] == {"model_name": "shared", "progress": "100.0%", "percent": 100.0, "status": "complete",
+                          "completed_bytes": 1000, "total_bytes": 1000, "message": "Download complete"}
+    assert downloads(a) == downloads(b) and downloads(a)[0]["status"] == "complete"
+
+
+def test_a_download_is_cancelled_through_another_process(fleet, fake_ollama):
+    fake_ollama.set_behaviour(pull={"layers": [1000], "lines_per_layer": 10, "hang_after_lines": 4})
+    a = fleet("gpu-box", ONE_GPU, OLLAMA_HOST=fake_ollama.url)
+    assert model_operation(a, "download", "big:70b").status_code == 202
+    wait_until(lambda: download_of(a, "big:70b")["completed_bytes"] == 200, 5)
+    # A process that starts while another's download runs leaves it running (it is not a leftover).
+    b = fleet("gpu-box", ONE_GPU, OLLAMA_HOST=fake_ollama.url)
+    b_up = time.monotonic()
+    on_a, heard_a = listen(a, a.login(), "model_download_progress")
+    on_b, heard_b = listen(b, a.login(), "model_download_progress")
+    try:
+        wait_until(lambda: (download_of(b, "big:70b") or {}).get("completed_bytes") == 200, 5)
+        # Who may not cancel gets b's 403, and the pull goes on.
+        admin = {"Authorization": f"Bearer {a.login()}"}
+        created = requests.post(f"{a.url}/api/users", headers=admin, timeout=10,
+                                json={"username": "inference", "password": a.password, "role": "user"})
+        assert created.status_code == 201, created.text
+        login = requests.post(f"{b.url}/api/auth/login", json={"username": "inference", "password": a.password},
+                              timeout=10)
+        as_user = {"Authorization": f"Bearer {login.json()['token']}"}
+        refused = model_operation(b, "download/cancel", "big:70b", as_user)
+        assert refused.status_code == 403 and "operator role" in refused.json()["error"], refused.text
+        key = requests.post(f"{a.url}/api/keys", headers=admin, json={"name": "reader", "scopes": ["read"]},
+                            timeout=10).json()["key"]
+        refused = model_operation(b, "download/cancel", "big:70b", {"X-API-Key": key})
+        assert refused.status_code == 403 and "'models' scope" in refused.json()["error"], refused.text
+        time.sleep(max(0.0, 2.5 * SWEEP_EVERY_S - (time.monotonic() - b_up)))  # b has swept it twice
+        assert download_of(b, "big:70b")["status"] == download_of(a, "big:70b")["status"] == "downloading"
+        assert fake_ollama.cancelled_pulls() == [] and ended(heard_a) == ended(heard_b) == []
+
+        asked = time.monotonic()
+        cancelled = model_operation(b, "download/cancel", "big:70b")
+        assert (cancelled.status_code, cancelled.json()) == (200, {
+            "success": True, "message": "Download cancelled", "model_name": "big:70b"})
+        assert time.monotonic() - asked < 3
+        # The pull stopped on a: the fake Ollama saw a's connection close.
+        wait_until(lambda: fake_ollama.cancelled_pulls() == ["big:70b"], 5)
+        wait_until(lambda: ended(heard_a) and ended(heard_b), 5)
+        time.sleep(0.3)  # nothing may follow the final event
+    finally:
+        on_a.disconnect()
+        on_b.disconnect()
+    for heard in (heard_a, heard_b):
+        assert progress(heard)[-1] == {"model_name": "big:70b", "progress": "20.0%", "percent": 20.0,
+                                       "status": "cancelled", "completed_bytes": 200, "total_bytes": 1000,
+                                       "message": "Download cancelled"}
+        assert len(ended(heard)) == 1
+    assert downloads(a) == downloads(b) and downloads(b)[0]["status"] == "cancelled"
+    again = model_operation(b, "download/cancel", "big:70b")
+    assert (again.status_code, again.json()["error"]) == (404, "no download of big:70b is running")
+    assert fake_ollama.count("POST", "/api/pull") == 1
+
+
+def test_scenario_owner_process_killed_mid_download(fleet, fake_ollama):
+    fake_ollama.set_behaviour(pull={"layers": [1000], "lines_per_layer": 10, "hang_after_lines": 4})
+    a, b = one_node(fleet, fake_ollama)
+    on_b, heard_b = listen(b, a.login(), "model_download_progress")
+    try:
+        assert model_operation(a, "download", "doomed").status_code == 202
+        wait_until(lambda: (download_of(b, "doomed") or {}).get("completed_bytes") == 200, 5)
+        a.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        wait_until(lambda: fake_ollama.cancelled_pulls() == ["doomed"], 5)  # the pull died with a
+        # b stops listing it as running once a's lease expires, and ends it in the history: error.
+        wait_until(lambda: (download_of(b, "doomed") or {}).get("status") not in (None, "downloading"),
+                   OWNER_TTL_S + 3 * SWEEP_EVERY_S + 2)
+        noticed_s = time.monotonic() - killed
+        wait_until(lambda: ended(heard_b), 2)
+    finally:
+        on_b.disconnect()
+    entry = download_of(b, "doomed")
+    assert (entry["status"], entry["error"], entry["message"]) == ("error", ORPHANED_MESSAGE, ORPHANED_MESSAGE)
+    assert (entry["percent"], entry["completed_bytes"]) == (20.0, 200)  # the last state a wrote
+    assert entry["finished_at"] is not None
+    # b's clients hear the end once, with the progress they last saw (never backwards).
+    [final] = ended(heard_b)
+    assert final == {"model_name": "doomed", "progress": "20.0%", "percent": 20.0, "status": "error",
+                     "completed_bytes": 200, "total_bytes": 1000, "message": ORPHANED_MESSAGE}
+    assert progress(heard_b)[-1] == final
+    assert noticed_s < OWNER_TTL_S + 3 * SWEEP_EVERY_S + 2
+    # The model is free again: b runs the next request for it itself.
+    fake_ollama.set_behaviour(pull={"layers": [10], "lines_per_layer": 1, "hang_after_lines": None})
+    again = model_operation(b, "download", "doomed")
+    assert (again.status_code, again.json()["message"]) == (202, "Download started")
+    wait_until(lambda: download_of(b, "doomed")["status"] == "complete", 5)
+    assert fake_ollama.count("POST", "/api/pull") == 2
