@@ -173,6 +173,8 @@ def main() -> int:
     try:
         database = open_database(url)
     except DatabaseStartupError as exc:
+        if lifecycle.stop_requested:  # e.g. systemd's SIGTERM to the whole unit ended the migration
+            return 0
         print(f"configuration error: DATABASE_URL: cannot use {describe_url(url)}: {exc}", file=sys.stderr)
         return 2
     app = create_app(config, database=database)
