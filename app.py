@@ -2,13 +2,19 @@
 if __name__ == "__main__":
     # Must run before Flask, requests or anything that imports socket/ssl/threading: otherwise
     # HTTPS requests recurse and green threads block each other.
+    import os
     import warnings
 
     # eventlet warns on import that it is in maintenance mode; the README says so once instead.
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    # Names are looked up in a real thread instead (concurrency.resolve_names_in_threads).
+    os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
     import eventlet
 
     eventlet.monkey_patch()
+    import concurrency
+
+    concurrency.resolve_names_in_threads()
 
 import logging
 import sys
