@@ -2,13 +2,19 @@
 if __name__ == "__main__":
     # Must run before Flask, requests or anything that imports socket/ssl/threading: otherwise
     # HTTPS requests recurse and green threads block each other.
+    import os
     import warnings
 
     # eventlet warns on import that it is in maintenance mode; the README says so once instead.
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    # Names are looked up in a real thread instead (concurrency.resolve_names_in_threads).
+    os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
     import eventlet
 
     eventlet.monkey_patch()
+    import concurrency
+
+    concurrency.resolve_names_in_threads()
 
 import logging
 import sys
@@ -174,6 +180,8 @@ def main() -> int:
     try:
         database = open_database(url)
     except DatabaseStartupError as exc:
+        if lifecycle.stop_requested:  # e.g. systemd's SIGTERM to the whole unit ended the migration
+            return 0
         print(f"configuration error: DATABASE_URL: cannot use {describe_url(url)}: {exc}", file=sys.stderr)
         return 2
     app = create_app(config, database=database)

@@ -14,11 +14,15 @@ import warnings
 from pathlib import Path
 
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")  # as app.py
 import eventlet  # noqa: E402
 
 eventlet.monkey_patch()
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import concurrency  # noqa: E402
+
+concurrency.resolve_names_in_threads()
 
 import app  # noqa: E402
 from sockets import broadcast  # noqa: E402

@@ -1,4 +1,4 @@
-"""The one owner of the database: the engine, the unit of work, the migrations (Alembic).
+"""The one owner of the database: the engine, the unit of work, the migrations (Alembic, db/migrate.py).
 
 Every feature keeps its own models and queries (auth/models.py, audit/, usage/, ...) on the one
 `Base` below; this module only knows how to reach the database. The drivers (sqlite3, psycopg)
@@ -7,11 +7,15 @@ block in C, so every unit of work runs in a real OS thread through the async sea
 """
 from __future__ import annotations
 
+import ast
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -22,6 +26,7 @@ from errors import ApiError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+VERSION_TABLE = "alembic_version"  # Alembic's default, which migrations/env.py keeps
 
 
 class Base(DeclarativeBase):
@@ -96,37 +101,35 @@ class Database:
             "server is running")
 
     def migrate(self) -> None:
-        """Bring the schema to the newest revision; refuse a database written by a newer version."""
-        # Alembic narrates every step at INFO (from its import on); a start-up needs none of it.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-        from alembic import command
-        from alembic.config import Config as AlembicConfig
-        from alembic.runtime.migration import MigrationContext
-        from alembic.script import ScriptDirectory
-        from alembic.script.revision import RevisionError
-        from alembic.util.exc import CommandError
+        """Bring the schema to the newest revision; refuse a database written by a newer version.
 
-        config = AlembicConfig()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        script = ScriptDirectory.from_config(config)
+        At the head revision already (every start but the first after an upgrade), that is one
+        query. Otherwise Alembic runs in a child process (db/migrate.py), so that none of it stays
+        in this one; in this process only for a database that lives in its memory.
+        """
         try:
             with self.engine.connect() as connection:
-                current = MigrationContext.configure(connection).get_current_revision()
-            if current is not None and script.get_revision(current) is None:
-                raise DatabaseStartupError(
-                    f"it was written by a newer version of VRAM Dashboard (schema revision {current})")
-        except DatabaseStartupError:
-            raise
+                current = schema_revisions(connection)
         except (SQLAlchemyError, OSError) as exc:
             raise DatabaseStartupError(_reason(exc)) from None
-        except (CommandError, RevisionError) as exc:  # a revision this code does not know
-            raise DatabaseStartupError(_reason(exc)) from None
-        try:
-            with self.engine.begin() as connection:
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
-        except (SQLAlchemyError, OSError) as exc:
-            raise DatabaseStartupError(_reason(exc)) from None
+        if current and current == head_revisions():
+            return
+        if self.in_memory:
+            from db import migrate
+
+            migrate.upgrade(self.engine)
+            return
+        _migrate_in_child(self.url)
+        # The child changed the schema under this engine's pooled connection(s): start afresh.
+        self.engine.dispose()
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the database lives in this process's memory (no other process can reach it)."""
+        if not self.is_sqlite:
+            return False
+        url = self.engine.url
+        return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
 
     def table_names(self) -> list[str]:
         return inspect(self.engine).get_table_names()
@@ -135,9 +138,67 @@ class Database:
         self.engine.dispose()
 
 
+def schema_revisions(connection) -> frozenset[str]:
+    """Return the revisions Alembic recorded in the database (none for an empty database)."""
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return frozenset()
+    return frozenset(connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars())
+
+
+def head_revisions(versions_dir: Path = MIGRATIONS_DIR / "versions") -> frozenset[str] | None:
+    """Return the head revision(s) of migrations/versions, read from the scripts' own assignments
+    (`revision = ...`, `down_revision = ...`) without Alembic; None when a script is not shaped
+    like that, and then Alembic itself decides (tests/test_database.py checks both agree)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in sorted(versions_dir.glob("*.py")):
+        values = {}
+        try:
+            for node in ast.parse(path.read_text(encoding="utf-8")).body:
+                if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+                    for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                        if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                            values[target.id] = ast.literal_eval(node.value)
+        except (OSError, SyntaxError, ValueError, TypeError):
+            return None
+        revision, down = values.get("revision"), values.get("down_revision")
+        downs = (down,) if isinstance(down, str) else down or ()
+        if not isinstance(revision, str) or not isinstance(downs, (tuple, list)) \
+                or not all(isinstance(d, str) for d in downs):
+            return None
+        revisions.add(revision)
+        parents.update(downs)
+    heads = frozenset(revisions - parents)
+    return heads or None
+
+
+def _migrate_in_child(url: str) -> None:
+    """Run db/migrate.py in a child process; raise DatabaseStartupError with its reason."""
+    from db.migrate import EXIT_REFUSED
+
+    environment = dict(os.environ)
+    root = str(MIGRATIONS_DIR.parent)
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, (root, environment.get("PYTHONPATH"))))
+    # -P: the working directory (kept, for a relative sqlite:/// path) is not on the module path.
+    # Its own process group: a Ctrl-C in the terminal stops the server after the migration, not
+    # the migration halfway.
+    result = subprocess.run([sys.executable, "-P", "-m", "db.migrate"], input=url + "\n", capture_output=True,
+                            text=True, env=environment, process_group=0)
+    for line in result.stderr.splitlines():
+        log.debug("migration: %s", line)
+    if result.returncode == 0:
+        return
+    said = (result.stdout if result.returncode == EXIT_REFUSED else result.stderr).strip().splitlines()
+    if result.returncode < 0:
+        reason = f"the schema migration was stopped by signal {-result.returncode}"
+    else:
+        reason = said[-1][:300] if said else f"the schema migration failed (exit {result.returncode})"
+    raise DatabaseStartupError(reason)
+
+
 def _reason(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return (text.splitlines() or [type(exc).__name__])[0][:300]
+    message = str(getattr(exc, "orig", None) or exc).strip()
+    return (message.splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

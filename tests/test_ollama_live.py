@@ -40,6 +40,18 @@ def watch(server):
         client.disconnect()
 
 
+def test_ollama_by_host_name(tmp_path, fake_ollama):
+    """OLLAMA_HOST as a name (the default is localhost): looked up by the C library in a real thread
+    (concurrency.resolve_names_in_threads), not by eventlet's greendns."""
+    live = start_server(tmp_path, ollama_url=fake_ollama.url.replace("127.0.0.1", "localhost"))
+    try:
+        response = requests.get(f"{live.url}/ollama/api/tags", headers=live.headers(), timeout=10)
+        assert response.status_code == 200 and "models" in response.json()
+    finally:
+        live.stop(signal.SIGKILL)
+    assert "Traceback" not in live.log()
+
+
 def test_a_socketio_client_watches_a_download_from_start_to_end(server, fake_ollama, watch):
     layers, per_layer, interval_s = [3_000_000_000, 12_000, 500], 40, 0.01
     fake_ollama.set_behaviour(pull={"layers": layers, "lines_per_layer": per_layer, "line_interval_s": interval_s})
