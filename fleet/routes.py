@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import quote
 
-import requests
+import urllib3
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
@@ -32,6 +32,7 @@ bp = Blueprint("fleet", __name__, url_prefix="/api")
 CONNECT_TIMEOUT_S = 3.0
 # Longer than the slowest route a node answers (loading a large model waits for Ollama).
 READ_TIMEOUT_S = 120.0
+_POOL = urllib3.PoolManager()
 FORWARDED_REQUEST_HEADERS = ("Authorization", "X-API-Key", "Content-Type", "Accept")
 FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Retry-After", "WWW-Authenticate", "X-Reading-Age",
                               "X-Reading-Stale")
@@ -61,16 +62,18 @@ def forward(node: str, path: str):
         url += "?" + request.query_string.decode("ascii", "replace")
     headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
     try:
-        answer = requests.request(request.method, url, headers=headers, data=request.get_data() or None,
-                                  timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S), allow_redirects=False)
-    except requests.RequestException as exc:
+        # urllib3, as the Ollama client: no redirect followed, no retry (the caller sees the failure).
+        answer = _POOL.request(request.method, url, headers=headers, body=request.get_data() or None,
+                               timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
+                               redirect=False, retries=False)
+    except urllib3.exceptions.HTTPError as exc:
         log.info("node %s at %s did not answer: %s", node, base, exc)
         raise ApiError(f"node {node!r} at {base} is unreachable ({type(exc).__name__}); "
                        "GET /api/fleet shows whether it is stale", status=503) from None
-    if 300 <= answer.status_code < 400:
-        raise ApiError(f"node {node!r} answered a redirect ({answer.status_code}); is its DASHBOARD_PUBLIC_URL "
+    if 300 <= answer.status < 400:
+        raise ApiError(f"node {node!r} answered a redirect ({answer.status}); is its DASHBOARD_PUBLIC_URL "
                        "right?", status=502)
-    response = Response(answer.content, status=answer.status_code)
+    response = Response(answer.data, status=answer.status)
     for name in FORWARDED_RESPONSE_HEADERS:
         if name in answer.headers:
             response.headers[name] = answer.headers[name]
