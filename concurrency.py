@@ -15,6 +15,7 @@ from typing import Any, Callable, TypeVar
 import eventlet
 import eventlet.event
 import eventlet.greenio
+import eventlet.hubs
 import eventlet.tpool
 from eventlet.semaphore import Semaphore
 
@@ -35,6 +36,30 @@ def readable_now(fileno: int) -> bool:
     poller = _os_select.poll()
     poller.register(fileno, _os_select.POLLIN)
     return bool(poller.poll(0))
+
+
+def wait_readable(fileno: int) -> None:
+    """Wait, green, until a descriptor is readable (or at end-of-stream)."""
+    eventlet.hubs.trampoline(fileno, read=True)
+
+
+def os_epoll():
+    """Return an epoll object of the OS itself (level-triggered), or None where there is none.
+
+    Its descriptor is readable while any registered one is ready: wait_readable() on it waits for
+    all of them in one green thread.
+    """
+    epoll = getattr(_os_select, "epoll", None)
+    return epoll() if epoll is not None else None
+
+
+EPOLLIN = getattr(_os_select, "EPOLLIN", 0)
+EPOLLOUT = getattr(_os_select, "EPOLLOUT", 0)
+
+
+def call_later(seconds: float, fn: Callable[..., Any], *args: Any):
+    """Run fn(*args) in a green thread of its own after `seconds`; return a handle with cancel()."""
+    return eventlet.spawn_after(seconds, fn, *args)
 
 
 def os_lock():
@@ -196,6 +221,16 @@ def client_gone_probe(environ: dict[str, Any]) -> Callable[[], bool] | None:
     None when the request did not come through the dashboard's HTTP server (Flask's test client).
     """
     return environ.get(CLIENT_GONE_PROBE)
+
+
+# The key under which the HTTP server offers a websocket upgrade's way out of its green thread:
+# `detach(on_stop) -> (socket, release)` (server._JsonErrorProtocol._detach).
+DETACH_CONNECTION = "vram_dashboard.detach"
+
+
+def detach_hook(environ: dict[str, Any]) -> Callable[..., Any] | None:
+    """Return the server's detach callable for this request, or None (not our server, not an upgrade)."""
+    return environ.get(DETACH_CONNECTION)
 
 
 def monotonic() -> float:
