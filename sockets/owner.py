@@ -68,9 +68,10 @@ _DEFLATE_TAIL = b"\x00\x00\xff\xff"  # RFC 7692 7.2.2: appended before inflating
 _OPEN, _CLOSING, _CLOSED = 0, 1, 2
 _LOST = object()  # in an inbox: the connection ended, Engine.IO's close follows what came before it
 # Keys of the request's environ that hold its connection, stream or server hooks: python-socketio keeps
-# the environ for the session's life, and with them the request's buffered files.
+# the environ for the session's life, and with them the request's buffered files. (And eventlet's
+# `headers_raw`, a second copy of the headers, which the HTTP_* keys carry.)
 _ENVIRON_DROPPED = frozenset({"wsgi.input", "eventlet.input", "eventlet.posthooks", "eventlet.set_idle",
-                              "werkzeug.request", concurrency.CLIENT_GONE_PROBE,
+                              "werkzeug.request", "headers_raw", concurrency.CLIENT_GONE_PROBE,
                               concurrency.DETACH_CONNECTION})
 
 
