@@ -53,6 +53,18 @@ def os_epoll():
     return epoll() if epoll is not None else None
 
 
+def os_socket(green_socket):
+    """Move a green socket's connection into a plain socket of the OS (non-blocking); return it.
+
+    The green socket is left without a descriptor, so that neither closing it nor collecting it
+    closes the connection. For a loop that waits on the descriptor itself (os_epoll()).
+    """
+    fileno = green_socket.fd.detach()
+    plain = eventlet.patcher.original("socket").socket(fileno=fileno)
+    plain.setblocking(False)
+    return plain
+
+
 EPOLLIN = getattr(_os_select, "EPOLLIN", 0)
 EPOLLOUT = getattr(_os_select, "EPOLLOUT", 0)
 

@@ -297,7 +297,9 @@ class WebsocketOwner:
         server = sock.server
         deflate = ws.extensions.get("permessage-deflate")
         wbits = None if deflate is None else int(deflate.get("server_max_window_bits") or DEFLATE_MAX_WBITS)
-        conn = OwnedWebsocket(self, sock, ws.socket, wbits, inflate=deflate is not None,
+        # The connection moves to a plain socket of the OS: eventlet's green one (the request's, with
+        # its cached bound methods) stays with the request and goes with it.
+        conn = OwnedWebsocket(self, sock, concurrency.os_socket(ws.socket), wbits, inflate=deflate is not None,
                               limit=int(server.max_http_buffer_size))
         _, conn.release = detach(conn.end)
         ws.websocket_closed = True  # eventlet sends no close frame as the handler returns: it lives on
@@ -341,17 +343,15 @@ class WebsocketOwner:
 class OwnedWebsocket:
     """One websocket the loop owns: its frames in, Engine.IO's packets and shared frames out."""
 
-    __slots__ = ("owner", "eio_socket", "sid", "green", "raw", "fd", "wbits", "inflate", "limit", "release",
+    __slots__ = ("owner", "eio_socket", "sid", "raw", "fd", "wbits", "inflate", "limit", "release",
                  "state", "inbuf", "fragments", "pending", "inbox", "processing")
 
-    def __init__(self, owner: WebsocketOwner, eio_socket, green, wbits: int | None, *, inflate: bool, limit: int):
+    def __init__(self, owner: WebsocketOwner, eio_socket, raw, wbits: int | None, *, inflate: bool, limit: int):
         self.owner = owner
         self.eio_socket = eio_socket
         self.sid = eio_socket.sid
-        self.green = green  # eventlet's socket, closed through it so that its hub knows
-        self.raw = green.fd
-        self.raw.setblocking(False)
-        self.fd = self.raw.fileno()
+        self.raw = raw  # the OS socket, non-blocking (eventlet's green one is left with the request)
+        self.fd = raw.fileno()
         self.wbits = wbits  # permessage-deflate: the server's window; None: plain frames
         self.inflate = inflate
         self.limit = limit  # Engine.IO's max_http_buffer_size, for a frame and for a message
@@ -463,10 +463,7 @@ class OwnedWebsocket:
             self.raw.shutdown(socket_module.SHUT_WR)
         except OSError:
             pass
-        try:
-            self.green.close()
-        except OSError:
-            pass
+        self.raw.close()
         release, self.release = self.release, None
         if release is not None:
             release()
