@@ -397,7 +397,7 @@ class OwnedWebsocket:
             return
         if sent != len(data):
             self.pending = deque((memoryview(data)[sent:],))
-            self.owner._loop.watch_writes(self, True)
+            self.owner._loop.watch(self)
 
     def on_writable(self) -> None:
         pending = self.pending
@@ -423,7 +423,7 @@ class OwnedWebsocket:
         if self.state == _CLOSING:
             self._close_transport()
         elif self.state == _OPEN:
-            self.owner._loop.watch_writes(self, False)
+            self.owner._loop.watch(self)
 
     # -- closing
 
@@ -601,6 +601,11 @@ class OwnedWebsocket:
         if not self.processing:
             self.processing = True
             concurrency.spawn(self._process)
+            if self.state == _OPEN:
+                # No more reading until Engine.IO has had these (what is parsed from this read at
+                # most): a client cannot queue work faster than it is done, as with Engine.IO's own
+                # read loop, which handles each packet before it reads the next.
+                self.owner._loop.watch(self)
 
     def _process(self) -> None:
         inbox = self.inbox
@@ -625,6 +630,8 @@ class OwnedWebsocket:
             self.processing = False
             if not inbox and self.inbox is inbox:
                 self.inbox = None
+            if self.state == _OPEN:
+                self.owner._loop.watch(self)  # reading again
 
     def _engineio_close(self) -> None:
         sock = self.eio_socket
@@ -689,9 +696,12 @@ class _Loop:
         if self._task is None:
             self._task = concurrency.spawn(self._run)
 
-    def watch_writes(self, conn: OwnedWebsocket, on: bool) -> None:
+    def watch(self, conn: OwnedWebsocket) -> None:
+        """Wait for what the socket needs: input unless its packets are being handled, room to write
+        while it has frames pending."""
         if self._conns.get(conn.fd) is conn:
-            self._epoll.modify(conn.fd, concurrency.EPOLLIN | (concurrency.EPOLLOUT if on else 0))
+            self._epoll.modify(conn.fd, (0 if conn.processing else concurrency.EPOLLIN)
+                               | (concurrency.EPOLLOUT if conn.pending else 0))
 
     def remove(self, conn: OwnedWebsocket) -> None:
         if self._conns.get(conn.fd) is conn:

@@ -278,6 +278,32 @@ def test_compressed_fragmented_messages_and_websocket_pings_are_read(inproc, cli
     assert answer.startswith("40{"), answer
 
 
+def test_a_client_cannot_queue_packets_faster_than_they_are_handled(inproc, services, clients, token,
+                                                                   monkeypatch):
+    ws = clients(inproc.port)
+    ws.open()
+    authenticate = services.hub._authenticate
+    waiting = []
+
+    def slow_authenticate(value):
+        concurrency.sleep(0.3)  # the connect is being handled...
+        waiting.append(len(next(iter(inproc.owner._by_sid.values())).inbox or ()))
+        return authenticate(value)
+
+    monkeypatch.setattr(services.hub, "_authenticate", slow_authenticate)
+    ws.send_text("40" + json.dumps({"token": token}))
+    time.sleep(0.1)
+    for number in range(200):  # ...while these wait in the kernel, not in the server's memory
+        ws.send_text(f'42["noise",{number}]')
+    answer = ws.recv_packet()
+    while answer.startswith("42"):
+        answer = ws.recv_packet()
+    assert answer.startswith("40{") and waiting == [0], (answer, waiting)
+    assert wait_for(lambda: not inproc.owner._by_sid[next(iter(inproc.eio.sockets))].processing, 2)
+    services.poller.tick()
+    assert ws.vram_updates(1)  # reading went on after the burst
+
+
 def test_offers_get_no_context_takeover_in_both_directions():
     assert _without_context_takeover("permessage-deflate; client_max_window_bits, x-other") == \
         "permessage-deflate; client_max_window_bits; server_no_context_takeover; " \
