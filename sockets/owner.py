@@ -526,7 +526,8 @@ class OwnedWebsocket:
             if not fin or rsv or len(payload) > 125:
                 return self._fail(1002, "a malformed control frame")
             if opcode == 0x8:
-                self.write(frame(0x88, payload[:2]))  # echo the status (RFC 6455 5.5.1), then close
+                # Echo the status (RFC 6455 5.5.1; a 1-byte body has none), then close.
+                self.write(frame(0x88, payload[:2] if len(payload) >= 2 else b""))
                 return self._lost()
             if opcode == 0x9:
                 return self.write(frame(0x8A, payload))
