@@ -225,7 +225,7 @@ class WebsocketOwner:
         if not all(callable(getattr(sock.queue, name, None)) for name in _QUEUE_METHODS):
             return self._surprise("Engine.IO's socket queue is not eventlet's queue")
         raw = getattr(getattr(ws, "socket", None), "fd", None)
-        if not (all(callable(getattr(raw, name, None)) for name in ("send", "sendmsg", "recv", "fileno"))
+        if not (all(callable(getattr(raw, name, None)) for name in ("send", "sendmsg", "recv", "fileno", "detach"))
                 and isinstance(getattr(ws, "extensions", None), dict) and hasattr(ws, "websocket_closed")):
             return self._surprise("eventlet's websocket has no socket.fd, extensions or websocket_closed")
         deflate = ws.extensions.get("permessage-deflate")
