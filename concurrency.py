@@ -16,6 +16,7 @@ from typing import Any, Callable, TypeVar
 import eventlet
 import eventlet.event
 import eventlet.greenio
+import eventlet.hubs
 import eventlet.tpool
 from eventlet.semaphore import Semaphore
 
@@ -76,6 +77,42 @@ def _is_address(host) -> bool:
     except (ValueError, UnicodeDecodeError):
         return False
     return True
+
+
+def wait_readable(fileno: int) -> None:
+    """Wait, green, until a descriptor is readable (or at end-of-stream)."""
+    eventlet.hubs.trampoline(fileno, read=True)
+
+
+def os_epoll():
+    """Return an epoll object of the OS itself (level-triggered), or None where there is none.
+
+    Its descriptor is readable while any registered one is ready: wait_readable() on it waits for
+    all of them in one green thread.
+    """
+    epoll = getattr(_os_select, "epoll", None)
+    return epoll() if epoll is not None else None
+
+
+def os_socket(green_socket):
+    """Move a green socket's connection into a plain socket of the OS (non-blocking); return it.
+
+    The green socket is left without a descriptor, so that neither closing it nor collecting it
+    closes the connection. For a loop that waits on the descriptor itself (os_epoll()).
+    """
+    fileno = green_socket.fd.detach()
+    plain = eventlet.patcher.original("socket").socket(fileno=fileno)
+    plain.setblocking(False)
+    return plain
+
+
+EPOLLIN = getattr(_os_select, "EPOLLIN", 0)
+EPOLLOUT = getattr(_os_select, "EPOLLOUT", 0)
+
+
+def call_later(seconds: float, fn: Callable[..., Any], *args: Any):
+    """Run fn(*args) in a green thread of its own after `seconds`; return a handle with cancel()."""
+    return eventlet.spawn_after(seconds, fn, *args)
 
 
 def os_lock():
@@ -237,6 +274,16 @@ def client_gone_probe(environ: dict[str, Any]) -> Callable[[], bool] | None:
     None when the request did not come through the dashboard's HTTP server (Flask's test client).
     """
     return environ.get(CLIENT_GONE_PROBE)
+
+
+# The key under which the HTTP server offers a websocket upgrade's way out of its green thread:
+# `detach(on_stop) -> (socket, release)` (server._JsonErrorProtocol._detach).
+DETACH_CONNECTION = "vram_dashboard.detach"
+
+
+def detach_hook(environ: dict[str, Any]) -> Callable[..., Any] | None:
+    """Return the server's detach callable for this request, or None (not our server, not an upgrade)."""
+    return environ.get(DETACH_CONNECTION)
 
 
 def monotonic() -> float:

@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 from urllib.parse import quote
 
 import eventlet
+import eventlet.semaphore
 import eventlet.wsgi
 import greenlet
 
@@ -69,19 +70,100 @@ class _RequestHeadTimeout(Exception):
 
 
 class _RequestPool(eventlet.GreenPool):
-    """The server's pool of request green threads; on stop, waits a grace period, then ends them."""
+    """The server's pool of request green threads; on stop, waits a grace period, then ends them.
+
+    Its size counts connections, not only green threads: an upgraded websocket handed to its owner
+    (`_JsonErrorProtocol._detach`, sockets/owner.py) keeps the slot its request took, though its green
+    thread has ended, so the descriptors the cap protects stay bounded; the accept loop waits in
+    spawn() while every slot is taken.
+    """
 
     def __init__(self, size: int, grace_s: float):
         super().__init__(size)
         self.grace_s = grace_s
+        self._slots = eventlet.semaphore.Semaphore(size)
+        self._kept: set = set()  # request green threads whose slot their detached connection keeps
+        self._detached: set[_KeptSlot] = set()
+
+    def spawn(self, function, *args, **kwargs):
+        self._slots.acquire()
+        try:
+            thread = super().spawn(function, *args, **kwargs)
+        except BaseException:
+            self._slots.release()
+            raise
+        thread.link(self._thread_done)
+        return thread
+
+    def _thread_done(self, thread) -> None:
+        if thread in self._kept:
+            self._kept.discard(thread)
+        else:
+            self._slots.release()
+
+    def keep_slot(self, on_stop: Callable[[], None], counts: dict[str, int], address: str) -> "_KeptSlot":
+        """Keep the calling request's slot, and its address's count, once its green thread ends.
+
+        `on_stop` ends the connection when the server stops (as eventlet shuts down idle ones);
+        the returned slot's release() gives both back.
+        """
+        current = greenlet.getcurrent()
+        if current not in self.coroutines_running:
+            raise RuntimeError("keep_slot() is for the pool's own request green threads")
+        self._kept.add(current)
+        kept = _KeptSlot(self, counts, address, on_stop)
+        self._detached.add(kept)
+        return kept
 
     def waitall(self) -> None:
-        # eventlet.wsgi.server calls this once it stops accepting; unbounded, one streamed
-        # response or slow upstream call would keep the process alive indefinitely.
+        # eventlet.wsgi.server calls this once it stops accepting, after shutting down its idle
+        # connections; the detached websockets are ended the same way.
+        for kept in list(self._detached):
+            try:
+                kept.on_stop()
+            except Exception:  # one connection's failure must not keep the others open
+                log.exception("ending a detached connection at stop")
+        # Unbounded, one streamed response or slow upstream call would keep the process alive
+        # indefinitely.
         with eventlet.Timeout(self.grace_s, False):
             super().waitall()
         for thread in list(self.coroutines_running):
             thread.kill()
+
+
+class _KeptSlot:
+    """A detached connection's slot in the pool and count for its address; release() gives both back."""
+
+    __slots__ = ("_pool", "_counts", "_address", "on_stop")
+
+    def __init__(self, pool: _RequestPool, counts: dict[str, int], address: str, on_stop: Callable[[], None]):
+        self._pool: _RequestPool | None = pool
+        self._counts = counts
+        self._address = address
+        self.on_stop = on_stop
+
+    def release(self) -> None:
+        """The connection closed (once; a second call does nothing)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        pool._detached.discard(self)
+        pool._slots.release()
+        _count_closed(self._counts, self._address)
+
+
+class _HandedOver:
+    """Stands where eventlet's server keeps a connection's socket once the socket has a new owner:
+    what the server does to it when the request's green thread ends (shut down, close) is a no-op."""
+
+    def shutdown(self, how: int = socket.SHUT_RDWR) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_HANDED_OVER = _HandedOver()
 
 
 def _peer_closed(sock: socket.socket) -> bool:
@@ -193,9 +275,11 @@ class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
     refusal_headers: tuple[tuple[str, str], ...] = ()
     limits: ConnectionLimits = ConnectionLimits()
     connections_per_client: dict[str, int] = {}
+    pool: "_RequestPool | None" = None
 
     _head_deadline: "eventlet.Timeout | None" = None
     _requests_started = 0
+    _detached = False
 
     def _refuse(self, code: int, reason: str, message: str, headers: Iterable[tuple[str, str]] = ()) -> None:
         body = json.dumps({"error": message}).encode()
@@ -215,7 +299,7 @@ class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
 
     def handle(self):
         """Serve the connection's requests, unless its address already holds its share of the pool."""
-        address = self.client_address[0] if isinstance(self.client_address, tuple) else str(self.client_address)
+        address = self._address()
         counts = self.connections_per_client
         if counts.get(address, 0) >= self.limits.max_per_client:
             self._refuse(503, "Service Unavailable",
@@ -226,9 +310,40 @@ class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
         try:
             super().handle()
         finally:
-            counts[address] -= 1
-            if not counts[address]:
-                del counts[address]
+            if not self._detached:  # a detached connection counts until its owner closes it
+                self._count_closed(address)
+
+    def _address(self) -> str:
+        return self.client_address[0] if isinstance(self.client_address, tuple) else str(self.client_address)
+
+    def _count_closed(self, address: str) -> None:
+        _count_closed(self.connections_per_client, address)
+
+    def _detach(self, on_stop: Callable[[], None]) -> tuple[socket.socket, Callable[[], None]]:
+        """Hand this connection (an upgraded websocket) to a new owner; return its socket and `release`.
+
+        The request's green thread then ends without shutting the connection down or closing it; the
+        owner closes the socket and calls `release()`, until when the connection still counts against
+        the pool and its address. `on_stop` ends it when the server stops. Offered to the app as
+        environ[concurrency.DETACH_CONNECTION] on websocket upgrades only (see get_environ).
+        """
+        self._detached = True
+        # eventlet's server shuts down and closes what this entry holds when the green thread ends.
+        self.conn_state[1] = _HANDED_OVER
+        # `release` must not hold this protocol object (its parsed headers, environ and files).
+        kept = self.pool.keep_slot(on_stop, self.connections_per_client, self._address())
+        return self.connection, kept.release
+
+    def finish(self):
+        if not self._detached:
+            return super().finish()
+        # Only the buffered files go (and their buffers with them); the socket is the owner's now.
+        for stream in (self.wfile, self.rfile):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        return None
 
     def handle_one_request(self):
         try:
@@ -283,6 +398,11 @@ class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
         # http.server's `connection` is this request's socket: views ask whether its client left.
         environ[concurrency.CLIENT_GONE_PROBE] = functools.partial(_peer_closed, self.connection)
         upgrade = environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+        if upgrade and self.pool is not None and isinstance(self.conn_state, list) and \
+                len(self.conn_state) == 3 and self.conn_state[1] is self.connection:
+            # Once upgraded, the websocket may leave this green thread for one loop that owns them
+            # all (sockets/owner.py); only where eventlet's per-connection entry has the expected shape.
+            environ[concurrency.DETACH_CONNECTION] = self._detach
         # A socket silent this long while the request is served (an unfinished body, a client that
         # stopped reading) ends the connection; a websocket lives on Socket.IO's own pings.
         self.connection.settimeout(None if upgrade else self.limits.body_timeout_s)
@@ -331,6 +451,12 @@ class _JsonErrorProtocol(eventlet.wsgi.HttpProtocol):
         return True
 
 
+def _count_closed(counts: dict[str, int], address: str) -> None:
+    counts[address] -= 1
+    if not counts[address]:
+        del counts[address]
+
+
 def listen(host: str, port: int) -> socket.socket:
     """Bind the listening socket: one server per port (no SO_REUSEPORT), TCP_NODELAY inherited."""
     family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -347,13 +473,14 @@ def serve(listener: socket.socket, app: Callable, *, log_output: bool, max_conne
           refusal_headers: Iterable[tuple[str, str]] = (), limits: ConnectionLimits = ConnectionLimits(),
           stop_grace_s: float = STOP_GRACE_S) -> None:
     """Serve a WSGI app on a bound socket until the main green thread is interrupted."""
-    protocol = type("HttpProtocol", (_JsonErrorProtocol,), {
-        "refusal_headers": tuple(refusal_headers), "limits": limits, "connections_per_client": {}})
     # The pool's size lifts eventlet's default cap of 1,024 concurrent connections.
+    pool = _RequestPool(max_connections, stop_grace_s)
+    protocol = type("HttpProtocol", (_JsonErrorProtocol,), {
+        "refusal_headers": tuple(refusal_headers), "limits": limits, "connections_per_client": {},
+        "pool": pool})
     eventlet.wsgi.server(_PatientListener(listener), app, log_output=log_output,
                          # Flush streamed output at once (eventlet otherwise holds back 4 KiB).
-                         minimum_chunk_size=1, custom_pool=_RequestPool(max_connections, stop_grace_s),
-                         protocol=protocol)
+                         minimum_chunk_size=1, custom_pool=pool, protocol=protocol)
 
 
 class Lifecycle:

@@ -394,35 +394,76 @@ lies below even the first.
 
 def memory_section(x: dict[str, Any], r) -> str:
     plain, traced = x["plain"], x["traced"]
+    stock = x.get("stock") or {}
+    stock_plain, stock_traced = stock.get("plain"), stock.get("traced") or {}
+
+    def both(key: str, fmt: str, unit: str = "", left_run=None, right_run=None) -> str:
+        left_run = stock_plain if left_run is None else left_run
+        right_run = plain if right_run is None else right_run
+        left = f"{format(left_run[key], fmt)}{unit}" if left_run and key in left_run else "n/a"
+        right = f"{format(right_run[key], fmt)}{unit}" if key in right_run else "n/a"
+        return f"{left} | **{right}**"
+
+    def rss_span(run) -> str:
+        return f"{run['rss_before_mb']:.0f} → {run['rss_after_mb']:.0f} MB" if run else "n/a"
+
     lines = [f"""## 3b. Memory a websocket client
 
 `bench/memory.py`: one server (2 fake GPUs), {x['clients']} raw websocket clients (bench/ws_client.py, as in
 section 3); RSS and the anonymous part of it (`/proc/<pid>/smaps_rollup`) before they connect and after a
 few broadcasts, divided by the clients. A second server traces allocations (tracemalloc, started just
 before the clients connect) to say where the bytes go; bench/variant_server.py dumps the snapshot, the
-live objects by type and the green threads (with the bytes of C stack greenlet keeps for each).
+live objects by type and the green threads (with the bytes of C stack greenlet keeps for each). Both are
+measured as shipped (websockets owned by one epoll loop, `sockets/owner.py`) and with python-engineio's
+and eventlet's stock handling (`BENCH_STOCK_BROADCAST=1`: each websocket in its own green threads).
 
-| | per client |
-|---|---|
-| RSS ({plain['rss_before_mb']:.0f} → {plain['rss_after_mb']:.0f} MB) | **{plain['rss_per_client_kb']:.1f} KiB** |
-| anonymous memory | {plain['anon_per_client_kb']:.1f} KiB |
-| green threads | {plain['greenlets_per_client']:.1f} |
-| C stack saved by greenlet for them | {plain['greenlet_stack_per_client_kb']:.1f} KiB |
-| Python allocations (tracemalloc) | {traced.get('traced_per_client_kb', 0):.1f} KiB |
+| per client | stock Engine.IO ({rss_span(stock_plain)}) | as shipped ({rss_span(plain)}) |
+|---|---|---|
+| RSS | {both('rss_per_client_kb', '.1f', ' KiB')} |
+| anonymous memory | {both('anon_per_client_kb', '.1f', ' KiB')} |
+| green threads | {both('greenlets_per_client', '.2f')} |
+| C stack saved by greenlet for them | {both('greenlet_stack_per_client_kb', '.1f', ' KiB')} |
+| Python allocations (tracemalloc) | {both('traced_per_client_kb', '.1f', ' KiB', stock_traced, traced)} |
 
-Largest allocation sites, bytes a client (innermost frame; "from" names the standard-library frame that
-allocated):
+Where the traced bytes of one connection go (bytes a client; each allocation is put on the library
+that made it, or for eventlet's queues, events, timers and green threads on the one that asked for
+them; largest sites in brackets):
+
+| component | stock Engine.IO | as shipped |
+|---|---|---|"""]
+    names = x.get("components") or {}
+    ours = traced.get("components_per_client_bytes") or {}
+    theirs = stock_traced.get("components_per_client_bytes") or {}
+
+    def sites(run, name) -> str:
+        found = (run.get("component_sites_per_client_bytes") or {}).get(name) or []
+        found = [(site, size) for site, size in found if size >= 50]
+        return f" ({', '.join(f'`{site}` {size:.0f}' for site, size in found)})" if found else ""
+
+    for name, label in names.items():
+        if name in ours or name in theirs:
+            lines.append(f"| {label} | {theirs.get(name, 0):.0f}{sites(stock_traced, name)} "
+                         f"| {ours.get(name, 0):.0f}{sites(traced, name)} |")
+    if ours:
+        untraced = [(run_plain["rss_per_client_kb"] - run_traced.get("traced_per_client_kb", 0)) * 1024
+                    if run_plain and run_traced.get("traced_per_client_kb") else float("nan")
+                    for run_plain, run_traced in ((stock_plain, stock_traced), (plain, traced))]
+        lines.append(f"| not traced (RSS − traced, two servers): the green threads' CPython frame stacks "
+                     f"(mmap'd chunks), allocator overhead | {untraced[0]:.0f} | {untraced[1]:.0f} |")
+    lines.append("""
+Largest allocation sites as shipped, bytes a client (innermost frame; "from" names the standard-library
+frame that allocated):
 
 | bytes | site |
-|---|---|"""]
-    sites = traced.get("traced_sites_per_client_bytes", [])[:10]
-    for site, size in sites:
+|---|---|""")
+    top = traced.get("traced_sites_per_client_bytes", [])[:10]
+    for site, size in top:
         lines.append(f"| {size:.0f} | `{site}` |")
     if traced.get("traced_per_client_kb"):
-        rest = traced["traced_per_client_kb"] * 1024 - sum(size for _, size in sites)
-        lines.append(f"| {rest:.0f} | everything else (many sites under 400 bytes each) |")
+        rest = traced["traced_per_client_kb"] * 1024 - sum(size for _, size in top)
+        lines.append(f"| {rest:.0f} | everything else |")
     objects = ", ".join(f"{name} {count:.1f}" for name, count in list(plain["objects_per_client"].items())[:10])
-    lines.append(f"\nNew live objects a client, by type: {objects}.\n")
+    lines.append(f"\nNew live objects a client as shipped, by type: {objects}.\n")
     return "\n".join(lines)
 
 
@@ -459,10 +500,11 @@ large snapshot (so the 2-GPU RSS figures are not inflated by the large snapshots
         for y in (x.get(part) or {}).get("results", []):
             lines.append(row(label, y))
     lines.append("""
-"stock python-socketio" is the same server with the direct-write adapter switched off, back to
-`socketio.emit(..., to=room)` (bench/variant_server.py): the per-recipient queue → writer green thread →
-frame path. "permessage-deflate clients" offer compression as browsers do; the hub then sends one
-frame compressed once per broadcast (the server asks for `server_no_context_takeover`).
+"stock python-socketio" is the same server with the websocket owner switched off (bench/variant_server.py):
+Engine.IO keeps each websocket in its own green threads and `socketio.emit(..., to=room)` takes the
+per-recipient queue → writer green thread → frame path. "permessage-deflate clients" offer compression
+as browsers do; the hub then sends one frame compressed once per broadcast (the server asks for no
+context takeover).
 """)
     return "\n".join(lines)
 
@@ -569,10 +611,16 @@ def findings(r: dict[str, Any]) -> str:
     rss_fig = (f" In this run: {fast['server']['peak_rss_mb']:.0f} MB at 1,000 clients"
                + (f", {r['idle']['peak_rss_mb']:.0f} MB idle." if r.get("idle") else ".") if fast else "")
     mem = (r.get("memory") or {}).get("plain")
-    mem_fig = (f" Section 3b: {mem['rss_per_client_kb']:.1f} KiB of RSS a websocket, "
-               f"{mem['greenlets_per_client']:.0f} green threads a websocket." if mem else "")
-    idle_mb = f"{mem['rss_before_mb']:.0f}" if mem else "~70"
-    per_client_budget = f"{max(0.0, (100 - mem['rss_before_mb']) * 1024 / mem['clients']):.0f}" if mem else "~30"
+    stock_mem = ((r.get("memory") or {}).get("stock") or {}).get("plain")
+    mem_fig = (f" Section 3b: {mem['rss_per_client_kb']:.1f} KiB of RSS a websocket and "
+               f"{mem['greenlets_per_client']:.2f} green threads a websocket"
+               + (f", against {stock_mem['rss_per_client_kb']:.1f} KiB and "
+                  f"{stock_mem['greenlets_per_client']:.0f} with Engine.IO's stock handling." if stock_mem else ".")
+               if mem else "")
+    budget_fig = (f"What a server holds before its first client (imports, `monkey_patch()`, green DNS ~9 MB; "
+                  f"{mem['rss_before_mb']:.0f} MB in this run) now decides the 1,000-client figure: with "
+                  f"{mem['rss_per_client_kb']:.1f} KiB a socket, ≤ 100 MB needs it at ≤ "
+                  f"{100 - mem['rss_per_client_kb'] * 1000 / 1024:.0f} MB." if mem else "")
     rest_fig = (f" In this run, 8 GPUs × 50 processes: status p50 {m(big['status_p50_ms'], 1)} ms against health "
                 f"{m(big['health_p50_ms'], 1)} ms ({m(big['ratio'], 2)}×); the server spent "
                 f"{m(big.get('status_cpu_us_per_request'), 0)} µs of CPU a status request against "
@@ -600,34 +648,37 @@ built again from the text — ~70 µs of CPU per client per broadcast here, so t
 clients waited ~180–260 ms. The hub now encodes each broadcast once (the Socket.IO packet from the
 poller's cached JSON bytes, one Engine.IO message, one websocket frame, and for permessage-deflate
 clients one frame compressed once, the server having asked for `server_no_context_takeover`) and
-writes that frame with one non-blocking `send()` to every websocket whose writer is idle. A socket
-that is busy, upgrading, long-polling or has packets queued gets the broadcast through
-python-socketio's queue as before, and a partial write is finished by a green thread of its own that
-holds that socket's send lock: order is kept per socket and a slow client never delays the others.{fan_fig}
+writes that frame with one non-blocking `send()` to every websocket (`sockets/owner.py`, below); what
+a slow socket's kernel does not take waits in that socket's list of pending frames, flushed when it
+is writable: order is kept per socket and a slow client never delays the others. A socket that is
+upgrading or long-polling gets the broadcast through python-socketio's queue as before.{fan_fig}
 What remains is mostly the kernel's copy per socket: 56 KB to 1,000 sockets is 56 MB through
 loopback a broadcast, the cost behind the 1,000-client 56 KB row (not a target).
 
-**Fan-out RSS at 1,000 clients (missed; what limits it).**{rss_fig}{mem_fig} Where the bytes of one
-websocket go (section 3b, tracemalloc and RSS deltas): eventlet.wsgi's per-connection buffered
-files, kept for the life of the upgraded connection (`wfile` 16 KiB, `rfile` 8 KiB allocated,
-resident only where touched); three green threads a client (eventlet's WSGI handler, which runs
-Engine.IO's websocket loop, Engine.IO's writer, and Engine.IO's ping task, which sleeps
-`ping_interval` between pings), each with the part of its C stack greenlet saved (~10 KiB for the
-three) and its own CPython frame stack chunk (mmap'd, so tracemalloc does not see it); and ~25 KiB of
-Python objects (Engine.IO/Socket.IO sessions, their queue, events, semaphores and hub timers, the
-websocket object, the WSGI environ with the parsed headers). Measured while this was written, 1,000
-clients each way, RSS a client: as shipped 64.9 KiB; without the ping task (each socket's sleeping
-green thread) 57.1 KiB; with eventlet's two buffers at 1 KiB (`HttpProtocol.wbufsize`/`rbufsize`)
-57.9 KiB (at 4 KiB: 63.7 KiB); both together 49.9 KiB. A sleeping green thread alone costs ~6.9 KiB
-of RSS. So the two public-or-adapter knobs give ~15 MB at 1,000 clients, short of what the target
-needs, and each has a price (1 KiB buffers: two `send()`s for every response over 1 KiB; one
-shared ping loop: overriding Engine.IO's per-socket `schedule_ping`, which its first call at connect
-runs before any adapter sees the socket), so neither was made. ≤ 100 MB at 1,000 clients with the
-{idle_mb} MB a server holds before its first client (imports, `monkey_patch()`, green DNS ~9 MB) needs
-≤ {per_client_budget} KiB a socket: not
-reachable while every websocket is an eventlet WSGI connection with its three green threads; the
-way down is one epoll loop owning the upgraded websockets (no green thread, no buffered files a
-client).
+**Fan-out RSS at 1,000 clients (the per-connection cost, removed in `sockets/owner.py`).**{rss_fig}{mem_fig}
+As python-engineio and eventlet ship it (section 3b, stock column), a websocket client held three
+green threads for its life (eventlet's WSGI request thread running Engine.IO's read loop, Engine.IO's
+writer waiting on the socket's queue, and its ping task asleep `ping_interval` between pings), each
+with the part of its C stack greenlet saved on the heap and a CPython frame-stack chunk of its own
+(mmap'd, so tracemalloc does not see it); eventlet.wsgi's buffered files for the whole connection
+(`wfile` 16 KiB, `rfile` 8 KiB); eventlet's websocket object and send lock; Engine.IO's queue,
+events and hub timers; and the WSGI environ python-socketio keeps for the session, which kept the
+request's files alive as well. Now, once the handshake (and, from long-polling, Engine.IO's
+probe/upgrade exchange) is done in the request's green thread, the HTTP server hands the connection
+over and that thread ends, its files and the websocket object with it. One green thread waits on one
+epoll descriptor for every owned socket, parses their frames and hands Engine.IO's packets to the
+socket's own `receive` (pongs at once, anything else in a short-lived green thread per burst, in
+order: a Socket.IO connect runs the authentication). The socket's queue is a stand-in that writes
+each packet at once, non-blocking; what the kernel does not take waits as references to the shared
+frames until epoll says the socket is writable, so there is no writer green thread and broadcasts
+keep each socket's order. Every Engine.IO socket's ping wait is an entry in one heap served by one
+green thread (same ping time, same `last_ping`; Engine.IO's service task still closes sockets whose
+pong is late). python-socketio's environ drops the request's stream and hooks; deflate clients are
+asked for no context takeover both ways, so no socket keeps a zlib state. An owned websocket still
+holds its slot in the connection pool and its address's share, and the server's stop ends it as it
+ends idle connections. The library internals this needs are behind one adapter probed at start-up
+(`WebsocketOwner`): on any surprise it turns itself off and new websockets get the stock handling.
+{budget_fig}
 
 **REST with large snapshots: Nagle, then the body's size (both fixed).** eventlet.wsgi writes
 through a 16 KiB buffered file, so a body over ~16 KB leaves as two `send()`s, and without

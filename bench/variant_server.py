@@ -1,6 +1,7 @@
 """Run `app.py` with a change the benchmark compares against the server as shipped.
 
-    BENCH_STOCK_BROADCAST=1  broadcasts through python-socketio's per-recipient path (the old way)
+    BENCH_STOCK_BROADCAST=1  python-engineio and python-socketio as shipped: each websocket in its
+                             green threads, broadcasts through the per-recipient path (the old way)
     BENCH_MEMORY_DUMP=DIR    on SIGUSR1 writes DIR/dump-N.pickle: counts of live objects and
                              green threads, and with BENCH_TRACEMALLOC=FRAMES a tracemalloc
                              snapshot (tracing starts at the first dump: start-up stays fast and
@@ -25,11 +26,12 @@ import concurrency  # noqa: E402
 concurrency.resolve_names_in_threads()
 
 import app  # noqa: E402
-from sockets import broadcast  # noqa: E402
+from sockets import owner  # noqa: E402
 
 if os.environ.get("BENCH_STOCK_BROADCAST") == "1":
-    # The direct-write adapter reports "not installed": every event takes python-socketio's own path.
-    broadcast.DirectWebsocketWriter.install = lambda self, eio: False
+    # The websocket owner reports "not installed": Engine.IO keeps its websockets, and every event
+    # takes python-socketio's own path.
+    owner.WebsocketOwner.install = lambda self, sio: False
 
 if os.environ.get("BENCH_MEMORY_DUMP"):
     import signal

@@ -30,7 +30,7 @@ def create_socketio(app: Flask, cors_allowed_origins: tuple[str, ...], link: Red
     socketio = SocketIO(app, async_mode=concurrency.ASYNC_MODE, client_manager=manager,
                         cors_allowed_origins=origin_checker(cors_allowed_origins),
                         logger=False, engineio_logger=False)
-    manager.writer.install(socketio.server.eio)
+    manager.writer.install(socketio.server)
     # SocketIO(app) put its middleware on app.wsgi_app; this one goes around it.
     app.wsgi_app = EngineIoResponses(app.wsgi_app)  # type: ignore[method-assign]
     return socketio

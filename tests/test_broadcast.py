@@ -1,11 +1,11 @@
 """The broadcast fan-out (sockets/broadcast.py) against `python app.py`, over loopback.
 
-Every broadcast is encoded once and written as one pre-built frame, straight to each idle
-websocket (deflated once for permessage-deflate clients); busy, long-polling or slow sockets go
-through python-socketio's queue. These tests check from the outside that every kind of client
-still gets complete, correct, in-order Socket.IO events, that a client that stops reading holds
-nobody up and later gets intact frames in order, and that a socket without a valid session gets
-nothing. The raw clients speak RFC 6455 / RFC 7692, Engine.IO v4 and Socket.IO v5 by hand, so
+Every broadcast is encoded once and written as one pre-built frame to each websocket (deflated
+once for permessage-deflate clients), which the websocket owner (sockets/owner.py) serves from one
+loop instead of green threads of their own; long-polling sockets go through python-socketio's
+queue. These tests check from the outside that every kind of client still gets complete, correct,
+in-order Socket.IO events, that a client that stops reading holds nobody up and later gets intact
+frames in order, and that a socket without a valid session gets nothing. The raw clients speak RFC 6455 / RFC 7692, Engine.IO v4 and Socket.IO v5 by hand, so
 they see the exact bytes the server writes.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import requests
 import socketio
-from eventlet.semaphore import Semaphore
+from engineio.async_drivers.eventlet import WebSocketWSGI as EngineIoWebSocket
 
 from tests.fakes.fake_nvml import FakeNvml, FakeProcess, eight_gpus_fifty_processes
 from tests.live import start_server, wait_for
@@ -473,63 +473,7 @@ def test_unauthenticated_websocket_never_gets_vram_update(server, raw_clients, a
     assert [u for u in updates if u["timestamp"] >= time.time() - 5 * INTERVAL - 1]
 
 
-# -- the send lock hand-off (in-process) ---------------------------------------------------------
-
-def test_direct_write_does_not_jump_a_writer_waiting_for_the_send_lock():
-    """A slow socket's frame finishes, its writer waits with an older packet: queue the new one.
-
-    eventlet's Semaphore.release() hands the lock to a waiter only on the next hub turn; a
-    non-blocking acquire in between succeeds, and a direct write there would put the new frame on
-    the wire before the older packet the writer holds.
-    """
-    import eventlet
-
-    from sockets.broadcast import DirectWebsocketWriter, SharedFrames
-
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    try:
-        lock = Semaphore()
-
-        class Queue:
-            @staticmethod
-            def empty():
-                return True  # the writer already took its packet out
-
-        owner = type("Owner", (), dict(closed=False, closing=False, upgraded=True, upgrading=False,
-                                       queue=Queue()))()
-        ws = type("Ws", (), dict(websocket_closed=False, socket=type("S", (), {"fd": a})(),
-                                 _sendlock=lock, extensions={}))()
-        eio = type("Eio", (), {"sockets": {"sid": owner}})()
-        registry = DirectWebsocketWriter()
-        registry.enabled = True
-        registry._by_sid["sid"] = (owner, ws)
-        order = []
-
-        def writer():
-            with lock:
-                order.append("older")
-
-        lock.acquire()  # a partial write being finished
-        eventlet.spawn(writer)
-        eventlet.sleep(0)  # the writer now waits for the lock
-        lock.release()  # the partial write is done; the hand-off is scheduled, not done
-        if registry.try_write(eio, "sid", SharedFrames('42["x",1]')):
-            order.append("newer")
-        eventlet.sleep(0.01)
-        assert order == ["older"]
-        # Control: once the writer is done, the same socket is idle and gets the frame directly.
-        assert not lock.locked()
-        frames = SharedFrames('42["x",2]')
-        assert registry.try_write(eio, "sid", frames)
-        assert b.recv(1024) == frames.plain() == b'\x81\x0942["x",2]'
-        assert not lock.locked()
-    finally:
-        a.close()
-        b.close()
-
-
-# -- the adapter's probes and its fallback (in-process) ------------------------------------------
+# -- the adapter's probes and its fallback (in-process; its own tests: tests/test_owned_websockets.py) ------------------------------------------
 
 def test_the_direct_path_probes_the_pinned_libraries_and_is_on(services):
     writer = services.socketio.server.manager.writer
@@ -540,29 +484,32 @@ def test_the_direct_path_probes_the_pinned_libraries_and_is_on(services):
     type("ThreadingEio", (), {"async_mode": "threading", "_async": {"websocket": object}})(),
     type("NoDrivers", (), {"async_mode": "eventlet"})(),
     type("OtherWebsocket", (), {"async_mode": "eventlet", "_async": {"websocket": dict}})(),
+    type("NoThreadClass", (), {"async_mode": "eventlet",
+                               "_async": {"websocket": EngineIoWebSocket, "thread": object}})(),
 ])
 def test_an_unexpected_library_shape_turns_the_direct_path_off(eio, caplog):
-    from sockets.broadcast import DirectWebsocketWriter
+    from sockets.owner import WebsocketOwner
 
-    writer = DirectWebsocketWriter()
-    assert writer.install(eio) is False
+    writer = WebsocketOwner()
+    assert writer.install(type("Sio", (), {"eio": eio, "environ": {}})()) is False
     assert not writer.enabled and writer.stats["surprises"] == 1
-    assert "broadcast fast path off" in caplog.text
+    assert "websocket owner off" in caplog.text
 
 
 def test_a_surprise_on_a_live_socket_falls_back_to_the_stock_emit_and_keeps_vram_update(
         app, client, auth, services, caplog):
-    """A socket object without the fields the writer reads: logged once, off for good, events still flow."""
+    """A socket object without the fields the owner reads: logged once, off for good, events still flow."""
     writer = services.socketio.server.manager.writer
     token = auth.headers()["Authorization"].split()[1]
     listener = services.socketio.test_client(app, flask_test_client=client, auth={"token": token})
     listener.get_received()
     owner = type("Owner", (), {"sid": "x", "closed": False})()  # no queue, upgraded, upgrading...
-    assert writer._register("x", owner, object()) is False
+    ws = type("Ws", (), {"version": 13})()
+    assert writer._why_not(owner, ws, detach=lambda on_stop: None) is not None
     assert not writer.enabled and writer.stats["surprises"] == 1
-    assert caplog.text.count("broadcast fast path off") == 1
+    assert caplog.text.count("websocket owner off") == 1
     services.poller.tick()
     services.poller.tick()
     received = [e for e in listener.get_received() if e["name"] == "vram_update"]
     assert len(received) == 2 and received[-1]["args"][0]["gpus"]
-    assert caplog.text.count("broadcast fast path off") == 1
+    assert caplog.text.count("websocket owner off") == 1

@@ -99,6 +99,30 @@ FORMAT_CASES = [
 ]
 
 
+def test_live_updates_come_over_a_websocket_the_server_owns(page, server):
+    """The page's Socket.IO client upgrades from long-polling to a websocket, and Chromium accepts the
+    permessage-deflate answer the websocket owner needs (no context takeover in either direction)."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    answers = []
+    cdp.on("Network.webSocketHandshakeResponseReceived", lambda event: answers.append(event["response"]))
+    frames: list = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(payload)))
+    log_in(page, server)
+    for _ in range(50):  # Playwright delivers its events while it runs: wait through it
+        if any(isinstance(f, str) and f.startswith('42["vram_update"') for f in frames):
+            break
+        page.wait_for_timeout(100)
+    else:
+        raise AssertionError(f"no vram_update over the websocket in 5 s: {frames[:5]}")
+    assert "3probe" in frames  # the upgrade's probe answer: the events after it came over the websocket
+    headers = {name.lower(): value for name, value in answers[0]["headers"].items()}
+    extensions = headers.get("sec-websocket-extensions", "")
+    assert "permessage-deflate" in extensions and "server_no_context_takeover" in extensions \
+        and "client_no_context_takeover" in extensions, headers
+    assert "Failed websocket upgrade" not in server.log()
+
+
 def test_format_helpers(page):
     """The page's pure formatting helpers, as a table (run in the browser, where they live)."""
     results = page.evaluate("""async (cases) => {
