@@ -112,7 +112,9 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Time DashboardCollector.collect() and generate_latest() on one 8 x 50 reading (CPU µs a call)."""
+    """Time a scrape's parts on one 8 x 50 reading (CPU µs a call): the per-scrape families
+    (DashboardCollector: collect, render, both) and the per-poll GPU and process text (GpuCollector),
+    which the view writes once a poll."""
     import argparse
     import shutil
     import tempfile
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from bench.scenarios import eight_gpus_fifty_processes_56k
-    from metrics.collector import DashboardCollector, ProxyCounters
+    from metrics.collector import DashboardCollector, GpuCollector, ProxyCounters
     from tests.fakes.fake_nvml import FakeNvml, build_fake_nvml, install_in_process
     from vram.nvml import NvmlReader
     from vram.poller import VramPoller
@@ -156,11 +158,16 @@ def main(argv: list[str] | None = None) -> int:
 
         rendered = CollectorRegistry(auto_describe=False)
         rendered.register(Fixed())
-        timings: dict[str, list[float]] = {"collect": [], "render": [], "scrape": []}
+        per_poll = CollectorRegistry(auto_describe=False)
+        per_poll.register(GpuCollector(poller.latest))
+        gpu_body = generate_latest(per_poll)
+        gpu_samples = sum(len(family.samples) for family in GpuCollector(poller.latest).collect())
+        timings: dict[str, list[float]] = {"collect": [], "render": [], "scrape": [], "per_poll": []}
         for _ in range(BREAKDOWN_BLOCKS):
             for label, call in (("collect", lambda: list(collector.collect())),
                                 ("render", lambda: generate_latest(rendered)),
-                                ("scrape", lambda: generate_latest(registry))):
+                                ("scrape", lambda: generate_latest(registry)),
+                                ("per_poll", lambda: generate_latest(per_poll))):
                 started = time.process_time()
                 for _ in range(BREAKDOWN_CALLS):
                     call()
@@ -169,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         reader.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps({"samples": samples, "families": len(families), "body_bytes": len(body),
+                      "gpu_samples": gpu_samples, "gpu_body_bytes": len(gpu_body),
                       "blocks": BREAKDOWN_BLOCKS, "calls_per_block": BREAKDOWN_CALLS,
                       **{f"{label}_us": _spread(values) for label, values in timings.items()},
                       "render_us_per_sample": statistics.median(timings["render"]) / samples}))
