@@ -33,7 +33,7 @@ REFRESH_EVERY_S = 1.0
 class Fleet:
     """This node's entry, published at its poll interval; every node's, read back."""
 
-    def __init__(self, name: str, url: str, interval_s: float | Callable[[], float], *,
+    def __init__(self, name: str, url: str, interval_s: Callable[[], float], *,
                  latest_status: Callable[[], dict | None],
                  nvml_ok: Callable[[], bool], ollama_ok: Callable[[], bool],
                  broadcast: Callable[[str, Any], None], publish_vram: Callable[[dict], None],
@@ -41,7 +41,7 @@ class Fleet:
         self.name = name
         self.url = url
         # The poll interval, read when used: PATCH /api/settings changes it without a restart.
-        self._interval_s = interval_s if callable(interval_s) else (lambda: interval_s)
+        self._interval_s = interval_s
         self._latest_status = latest_status
         self._nvml_ok = nvml_ok
         self._ollama_ok = ollama_ok
