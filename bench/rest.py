@@ -52,42 +52,52 @@ def bench_scenario(fakes: Fakes, workdir: Path, name: str, scenario, gpus: int) 
         accept = {"Accept-Encoding": "gzip, deflate"}
         auth = {**server.headers(), **accept}
         targets = {"health": (server.url + "/health", accept), "status": (server.url + "/api/vram/status", auth)}
-        for url, headers in targets.values():  # warm up both paths
-            run_wrk(url, headers, duration_s=1)
-        reps: list[dict[str, Any]] = []
-        sampler = ProcSampler(server.proc.pid)
-        for rep in range(REPS):
-            # Alternate the order so that drift in the machine's load does not favour one side.
-            order = ["health", "status"] if rep % 2 == 0 else ["status", "health"]
-            result = {}
-            for key in order:
-                run_sampler = ProcSampler(server.proc.pid)
-                result[key] = run_wrk(*targets[key])
-                used = run_sampler.result()
-                # CPU per request does not count time spent waiting (for a CPU, or on Nagle):
-                # the noise-free half of the picture.
-                result[key]["cpu_us_per_request"] = (used["cpu_percent"] / 100 * used["seconds"] * 1e6
-                                                     / max(result[key]["requests"], 1))
-                result[key]["runqueue_wait_percent"] = used["runqueue_wait_percent"]
-            result["ratio"] = result["status"]["rps"] / result["health"]["rps"]
-            result["cpu_ratio"] = result["health"]["cpu_us_per_request"] / result["status"]["cpu_us_per_request"]
-            reps.append(result)
-            log(f"REST {name} rep {rep + 1}: health {result['health']['rps']:.0f} req/s, "
-                f"status {result['status']['rps']:.0f} req/s, ratio {result['ratio']:.3f}")
-        proc = sampler.result()
+        summary = against_health(server, targets, "status", f"REST {name}")
     finally:
         server.stop()
-    summary = {
-        "scenario": name, "gpus": gpus, "processes": len(body.get("processes", [])),
-        "status_body_bytes": body_bytes, "status_wire_bytes": wire_bytes, "reps": reps, "server": proc,
-        "ratio": Spread.of(r["ratio"] for r in reps).to_json(),
-        "cpu_ratio": Spread.of(r["cpu_ratio"] for r in reps).to_json(),
-    }
-    for key in ("health", "status"):
+    summary = {"scenario": name, "gpus": gpus, "processes": len(body.get("processes", [])),
+               "status_body_bytes": body_bytes, "status_wire_bytes": wire_bytes, **summary}
+    summary["verdict"] = summary["ratio"]["median"] >= TARGET_RATIO
+    return summary
+
+
+def against_health(server, targets: dict[str, tuple[str, dict[str, str]]], other: str,
+                   label: str) -> dict[str, Any]:
+    """`/health` and `targets[other]` back to back, REPS times, order alternating, on a running server.
+
+    Returns the repetitions, the server's CPU over them, the ratio of `other`'s req/s to health's,
+    the CPU ratio, each side's spreads (`<target>_<metric>`) and the count of non-2xx answers.
+    """
+    for url, headers in targets.values():  # warm up both paths
+        run_wrk(url, headers, duration_s=1)
+    reps: list[dict[str, Any]] = []
+    sampler = ProcSampler(server.proc.pid)
+    for rep in range(REPS):
+        # Alternate the order so that drift in the machine's load does not favour one side.
+        order = ["health", other] if rep % 2 == 0 else [other, "health"]
+        result = {}
+        for key in order:
+            run_sampler = ProcSampler(server.proc.pid)
+            result[key] = run_wrk(*targets[key])
+            used = run_sampler.result()
+            # CPU per request does not count time spent waiting (for a CPU, or on Nagle):
+            # the noise-free half of the picture.
+            result[key]["cpu_us_per_request"] = (used["cpu_percent"] / 100 * used["seconds"] * 1e6
+                                                 / max(result[key]["requests"], 1))
+            result[key]["runqueue_wait_percent"] = used["runqueue_wait_percent"]
+        result["ratio"] = result[other]["rps"] / result["health"]["rps"]
+        result["cpu_ratio"] = result["health"]["cpu_us_per_request"] / result[other]["cpu_us_per_request"]
+        reps.append(result)
+        log(f"{label} rep {rep + 1}: health {result['health']['rps']:.0f} req/s, "
+            f"{other} {result[other]['rps']:.0f} req/s, ratio {result['ratio']:.3f}, "
+            f"{result[other]['cpu_us_per_request']:.0f} µs CPU a request")
+    summary: dict[str, Any] = {"reps": reps, "server": sampler.result(),
+                               "ratio": Spread.of(r["ratio"] for r in reps).to_json(),
+                               "cpu_ratio": Spread.of(r["cpu_ratio"] for r in reps).to_json()}
+    for key in ("health", other):
         for metric in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "runqueue_wait_percent"):
             summary[f"{key}_{metric}"] = Spread.of(r[key][metric] for r in reps).to_json()
-    summary["errors"] = sum(r[k]["non_2xx"] for r in reps for k in ("health", "status"))
-    summary["verdict"] = summary["ratio"]["median"] >= TARGET_RATIO
+    summary["errors"] = sum(r[k]["non_2xx"] for r in reps for k in ("health", other))
     return summary
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import requests
 
-from bench.common import REPO, SERVER_CPU, Fakes, ProcSampler, Spread, log, start_dashboard, wait_for_gpus
-from bench.rest import CONNECTIONS, DURATION_S, REPS, run_wrk
+from bench.common import REPO, SERVER_CPU, Fakes, log, start_dashboard, wait_for_gpus
+from bench.rest import CONNECTIONS, DURATION_S, REPS, against_health
 from bench.scenarios import SCENARIOS
 
 TARGET_RATIO = 0.5
@@ -54,41 +54,15 @@ def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:
         series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
         content_encoding = scrape.headers.get("Content-Encoding", "identity")
         targets = {"health": (server.url + "/health", ACCEPT), "metrics": (server.url + "/metrics", auth)}
-        for url, headers in targets.values():  # warm up both paths
-            run_wrk(url, headers, duration_s=1)
-        reps: list[dict[str, Any]] = []
-        sampler = ProcSampler(server.proc.pid)
-        for rep in range(REPS):
-            order = ["health", "metrics"] if rep % 2 == 0 else ["metrics", "health"]
-            result = {}
-            for target in order:
-                run_sampler = ProcSampler(server.proc.pid)
-                result[target] = run_wrk(*targets[target])
-                used = run_sampler.result()
-                result[target]["cpu_us_per_request"] = (used["cpu_percent"] / 100 * used["seconds"] * 1e6
-                                                        / max(result[target]["requests"], 1))
-                result[target]["runqueue_wait_percent"] = used["runqueue_wait_percent"]
-            result["ratio"] = result["metrics"]["rps"] / result["health"]["rps"]
-            result["cpu_ratio"] = result["health"]["cpu_us_per_request"] / result["metrics"]["cpu_us_per_request"]
-            reps.append(result)
-            log(f"metrics rep {rep + 1}: health {result['health']['rps']:.0f} req/s, "
-                f"metrics {result['metrics']['rps']:.0f} req/s, ratio {result['ratio']:.3f}, "
-                f"{result['metrics']['cpu_us_per_request']:.0f} µs CPU a scrape")
-        proc = sampler.result()
+        measured = against_health(server, targets, "metrics", "metrics")
     finally:
         server.stop()
     summary: dict[str, Any] = {
         "scenario": name, "gpus": gpus, "processes": len(body.get("processes", [])), "series": series,
         "body_bytes": len(text.encode()), "wire_bytes": len(wire), "content_encoding": content_encoding,
         "connections": CONNECTIONS, "duration_s": DURATION_S, "repetitions": REPS, "target_ratio": TARGET_RATIO,
-        "reps": reps, "server": proc,
-        "ratio": Spread.of(r["ratio"] for r in reps).to_json(),
-        "cpu_ratio": Spread.of(r["cpu_ratio"] for r in reps).to_json(),
+        **measured,
     }
-    for target in ("health", "metrics"):
-        for metric in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "runqueue_wait_percent"):
-            summary[f"{target}_{metric}"] = Spread.of(r[target][metric] for r in reps).to_json()
-    summary["errors"] = sum(r[k]["non_2xx"] for r in reps for k in ("health", "metrics"))
     summary["verdict"] = summary["ratio"]["median"] >= TARGET_RATIO and summary["errors"] == 0
     summary["breakdown"] = breakdown(fakes.lib)
     log(f"metrics: collect {summary['breakdown']['collect_us']['median']:.0f} µs + render "
