@@ -71,6 +71,18 @@ class Worker:
                 self.proc.wait()
 
 
+def sample_window(pids: dict[str, int], interval_s: float) -> dict[str, dict[str, float]]:
+    """Sample these processes' CPU through one measuring window (REPETITIONS x BROADCASTS_PER_REP
+    polls and a half of `interval_s`); return each one's ProcSampler result by name."""
+    samplers = {name: ProcSampler(pid) for name, pid in pids.items()}
+    deadline = time.monotonic() + interval_s * (REPETITIONS * BROADCASTS_PER_REP + 1.5)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        for sampler in samplers.values():
+            sampler.sample()
+    return {name: sampler.result() for name, sampler in samplers.items()}
+
+
 def collect(workers: list[Worker]) -> tuple[list[list], dict[str, int]]:
     samples: list[list] = []
     status = {"alive": 0, "failed": 0}
@@ -168,12 +180,7 @@ def run(fakes: Fakes, workdir: Path, *, levels=LEVELS, deflate: bool = False, st
             time.sleep(interval_s * 1.5)
             collect(workers)  # drop what came before this level and scenario
             since = time.time()
-            sampler = ProcSampler(server.proc.pid)
-            deadline = time.monotonic() + interval_s * (REPETITIONS * BROADCASTS_PER_REP + 1.5)
-            while time.monotonic() < deadline:
-                time.sleep(0.2)
-                sampler.sample()
-            proc = sampler.result()
+            proc = sample_window({"server": server.proc.pid}, interval_s)["server"]
             samples, status = collect(workers)
             result = analyse(samples, level, since, interval_s)
             result.update({"clients": level, "scenario": name, "gpus": gpus, "server": proc,

@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import fanout
-from bench.common import (LOAD_CPU, REPETITIONS, Fakes, ProcSampler, Spread, log, percentile, pinned,
+from bench.common import (LOAD_CPU, REPETITIONS, Fakes, Spread, log, percentile, pinned,
                           start_dashboard, wait_for_gpus)
-from bench.fanout import BROADCASTS_PER_REP, PER_PROCESS, Worker, collect
+from bench.fanout import BROADCASTS_PER_REP, PER_PROCESS, Worker, collect, sample_window
 from bench.scenarios import SCENARIOS
 from bench.ws_client import ANC_SIZE, SO_TIMESTAMPNS
 from tests.live import free_port
@@ -248,14 +248,8 @@ def measure_fleet(fakes: Fakes, workdir: Path, redis_server: RedisServer, databa
         for node in NODES:
             collect(workers[node])  # drop what came before the window
         since = time.time()
-        samplers = {node: ProcSampler(server.proc.pid) for node, server in servers.items()}
-        samplers["redis"] = ProcSampler(redis_server.proc.pid)
-        deadline = time.monotonic() + INTERVAL_S * (REPETITIONS * BROADCASTS_PER_REP + 1.5)
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-            for sampler in samplers.values():
-                sampler.sample()
-        procs = {node: sampler.result() for node, sampler in samplers.items()}
+        procs = sample_window({**{node: server.proc.pid for node, server in servers.items()},
+                               "redis": redis_server.proc.pid}, INTERVAL_S)
         heard = {node: collect(workers[node]) for node in NODES}
     finally:
         t0 = time.monotonic()
@@ -317,12 +311,7 @@ def measure_single(fakes: Fakes, workdir: Path) -> dict[str, Any]:
         time.sleep(INTERVAL_S * 1.5)
         collect(workers)
         since = time.time()
-        sampler = ProcSampler(server.proc.pid)
-        deadline = time.monotonic() + INTERVAL_S * (REPETITIONS * BROADCASTS_PER_REP + 1.5)
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-            sampler.sample()
-        proc = sampler.result()
+        proc = sample_window({"server": server.proc.pid}, INTERVAL_S)["server"]
         samples, status = collect(workers)
     finally:
         _stop_all(workers, [server])
