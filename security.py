@@ -105,24 +105,31 @@ def init_app(app: Flask, services: "Services") -> None:
             raise BadRequestError("malformed query string: it is not valid UTF-8 "
                                   "(percent-encode other bytes)") from None
 
+    security_headers = tuple((name.lower(), name, value) for name, value in SECURITY_HEADERS)
+
     @app.after_request
     def add_headers(response):
         headers = response.headers
         # A view may have set one itself. One pass over the names: Headers.setdefault (and `in`)
         # raise and catch a BadRequestKeyError for every header that is absent, on every request.
         present = {name.lower(): value for name, value in headers}
-        for name, value in SECURITY_HEADERS:
-            if name.lower() not in present:
+        for lower, name, value in security_headers:
+            if lower not in present:
                 headers.add(name, value)
-        if response.mimetype == "text/html":
-            host = request.host
+        req = request._get_current_object()  # type: ignore[attr-defined]  # one context lookup
+        if present.get("content-type", "").partition(";")[0].strip().lower() == "text/html":
+            host = req.host
             headers.setdefault(
                 "Content-Security-Policy",
                 f"default-src 'self'; connect-src 'self' ws://{host} wss://{host}; img-src 'self' data:; "
                 "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
                 "form-action 'self'; frame-ancestors 'none'")
             headers.setdefault("X-Frame-Options", "DENY")
-        if request.path.startswith("/api/") and present.get("cache-control") != "no-store":
+        if req.path.startswith("/api/"):
             # API answers are per-user and may carry a token: never cache them.
-            headers["Cache-Control"] = "no-store"
+            cache_control = present.get("cache-control")
+            if cache_control is None:
+                headers.add("Cache-Control", "no-store")  # not set(): nothing to look for and replace
+            elif cache_control != "no-store":
+                headers["Cache-Control"] = "no-store"
         return response
