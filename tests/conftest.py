@@ -73,14 +73,11 @@ auth.passwords.BCRYPT_ROUNDS = 4
 
 
 @pytest.fixture(scope="session")
-def migrated_sqlite(tmp_path_factory):
+def migrated_sqlite():
     """A SQLite file migrated to the newest schema once; each test gets a copy (a fresh database)."""
-    from db import open_database
+    from tests.live import migrated_sqlite_template
 
-    path = tmp_path_factory.mktemp("template") / "dashboard.db"
-    database = open_database(f"sqlite:///{path}")
-    database.dispose()
-    return path
+    return migrated_sqlite_template()
 
 
 @pytest.fixture

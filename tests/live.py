@@ -1,11 +1,15 @@
 """Run `python app.py` as a user would, as a subprocess on a free loopback port."""
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,10 +65,31 @@ class LiveServer:
         return self.proc.returncode
 
 
+@functools.cache
+def migrated_sqlite_template() -> Path:
+    """A SQLite database migrated to the newest schema, built once per test process."""
+    from db import open_database
+
+    directory = Path(tempfile.mkdtemp(prefix="vram-dashboard-template-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    path = directory / "dashboard.db"
+    open_database(f"sqlite:///{path}").dispose()
+    return path
+
+
 def server_env(tmp_path: Path, *, port: int, nvml_lib_dir: Path | None = None,
                nvml_scenario: Path | None = None, ollama_url: str | None = None,
-               extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Build the environment of a test server: the user's variables plus the fakes' hooks."""
+               extra: dict[str, str] | None = None, fresh_database: bool = False) -> dict[str, str]:
+    """Build the environment of a test server: the user's variables plus the fakes' hooks.
+
+    Its data directory starts with a copy of a migrated SQLite database, so that the server does
+    not run the migrations (a child process, ~1 s) on every start; `fresh_database` leaves the
+    directory empty, for the tests of a first start. A DATABASE_URL in `extra` is used as it is.
+    """
+    database = tmp_path / "data" / "dashboard.db"
+    if not fresh_database and "DATABASE_URL" not in (extra or {}) and not database.exists():
+        database.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(migrated_sqlite_template(), database)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DASHBOARD_", "OLLAMA_", "PROXY_", "VRAM_", "SESSION_", "CORS_", "FAKE_NVML"))}
     env.update({
@@ -82,6 +107,39 @@ def server_env(tmp_path: Path, *, port: int, nvml_lib_dir: Path | None = None,
         env["FAKE_NVML_SCENARIO"] = str(nvml_scenario)
     env.update(extra or {})
     return env
+
+
+def dev_only_modules() -> set[str]:
+    """Top-level modules of the distributions requirements-dev.txt adds to requirements.txt."""
+    import importlib.metadata
+    import re
+
+    def names(path):
+        return {re.split(r"[\[=<>~ ;]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
+                for line in (REPO / path).read_text().splitlines() if line.strip() and not line.startswith(("#", "-"))}
+
+    dev_only = names("requirements-dev.txt") - names("requirements.txt")
+    return {module for module, dists in importlib.metadata.packages_distributions().items()
+            if {d.lower().replace("_", "-") for d in dists} & dev_only and not module.startswith("_")}
+
+
+def runtime_only_site(directory: Path) -> Path:
+    """Write a sitecustomize.py into `directory` that refuses every module of the test-only packages.
+
+    With `directory` on PYTHONPATH, `python app.py` runs as after `pip install -r requirements.txt`
+    alone: a test-only package (requests, pytest, Playwright, ...) it would import fails, and a
+    library's optional import of one (Engine.IO's client imports requests) is skipped.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(
+        "import importlib.abc, sys\n"
+        f"BLOCKED = {sorted(dev_only_modules())!r}\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] in BLOCKED:\n"
+        "            raise ImportError(f'{name} is a test-only package (requirements-dev.txt)')\n"
+        "sys.meta_path.insert(0, Block())\n")
+    return directory
 
 
 def start_server(tmp_path: Path, *, env: dict[str, str] | None = None, wait: bool = True,

@@ -11,8 +11,9 @@ BASE = "/api/models/ollama"
 
 
 def test_a_restart_keeps_sessions_and_a_running_download_is_an_error_after_it(tmp_path, fake_ollama):
-    env = server_env(tmp_path, port=0, ollama_url=fake_ollama.url)
-    first = start_server(tmp_path, ollama_url=fake_ollama.url)
+    # The first start creates and migrates the database; the second finds it.
+    env = server_env(tmp_path, port=0, ollama_url=fake_ollama.url, fresh_database=True)
+    first = start_server(tmp_path, ollama_url=fake_ollama.url, fresh_database=True)
     try:
         headers = first.headers()
         key = requests.post(f"{first.url}/api/keys", headers=headers, json={"name": "ci"}, timeout=5).json()["key"]
