@@ -11,13 +11,17 @@ back from GET /api/alerts and recorded with the thresholds from GET /api/setting
 from __future__ import annotations
 
 import time
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from bench.common import Fakes, ProcSampler, log, start_dashboard, wait_for_gpus
+from bench.common import Fakes, ProcSampler, log, pinned, SERVER_CPU, start_dashboard, wait_for_gpus
 from bench.scenarios import two_gpus
+from tests.live import REPO, runtime_only_site
 
 DURATION_S = 60.0
 TARGET_CPU_PERCENT = 0.2
@@ -28,11 +32,47 @@ TARGET_RSS_MB = 80.0
 ALERT_ENV = {"ALERT_VRAM_PERCENT": "20", "ALERT_TEMPERATURE_C": "50", "ALERT_FOR_SECONDS": "20"}
 
 
+# What the server imports from its requirements before it builds anything: the floor under its RSS.
+# The same start as app.py (greendns off, monkey-patched, names resolved in threads), then the
+# libraries its modules import, with SQLite's driver as the default database uses it.
+LIBRARIES = ("flask", "flask_socketio", "flask_cors", "sqlalchemy", "sqlalchemy.orm", "sqlalchemy.dialects.sqlite",
+             "sqlite3", "pydantic", "pydantic_settings", "prometheus_client", "bcrypt", "urllib3", "pynvml",
+             "limits", "dotenv", "yaml")
+FLOOR_SCRIPT = f"""
+import os, sys, warnings
+warnings.filterwarnings("ignore", message=r"\\s*Eventlet is deprecated")
+os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
+import eventlet
+eventlet.monkey_patch()
+sys.path.insert(0, {str(REPO)!r})
+import concurrency
+concurrency.resolve_names_in_threads()
+import importlib
+for name in {LIBRARIES!r}:
+    importlib.import_module(name)
+print([line.split()[1] for line in open("/proc/self/status") if line.startswith("VmRSS")][0])
+"""
+
+
+def library_floor_mb(site: Path) -> float:
+    """RSS of a process that starts as app.py does and imports the server's libraries, nothing else."""
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    with pinned(SERVER_CPU):
+        out = subprocess.run([sys.executable, "-c", FLOOR_SCRIPT], env=env, capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    return int(out.split()[-1]) / 1024
+
+
 class IdleRun:
     """Start an idle server now; finish() once at least DURATION_S has passed (other work may run)."""
 
     def __init__(self, fakes: Fakes, workdir: Path):
-        self.server = start_dashboard(workdir, fakes.nvml("idle", two_gpus()), extra=ALERT_ENV)
+        # As a user runs it: with the packages of requirements.txt only. The benchmark's own
+        # (requests, websocket-client, ...) would otherwise be imported by libraries that look for
+        # them (Engine.IO's client imports requests) and count in its RSS (~4 MB).
+        self.site = runtime_only_site(workdir / "idle-site")
+        self.server = start_dashboard(workdir, fakes.nvml("idle", two_gpus()),
+                                      extra={**ALERT_ENV, "PYTHONPATH": str(self.site)})
         wait_for_gpus(self.server, 2)
         self.headers = self.server.headers()
         settings = requests.get(self.server.url + "/api/settings", headers=self.headers, timeout=10).json()
@@ -65,16 +105,18 @@ class IdleRun:
             self.sampler.sample()
             left = DURATION_S - (time.monotonic() - self.started)
         proc = self.sampler.result()
+        floor_mb = library_floor_mb(self.site)
         try:
             samples = self._history() - self.history0
             firing = self._firing()
         finally:
             self.server.stop()
-        log(f"idle: CPU {proc['cpu_percent']:.3f}% of a core, RSS {proc['rss_mb']:.1f} MB, "
+        log(f"idle: CPU {proc['cpu_percent']:.3f}% of a core, RSS {proc['rss_mb']:.1f} MB "
+            f"(its libraries alone {floor_mb:.1f} MB), "
             f"{samples} history samples in {proc['seconds']:.0f} s; alerts firing {len(self.firing_at_open)} "
             f"at the start, {len(firing)} at the end ({', '.join(firing)})")
         return {"seconds": proc["seconds"], "cpu_percent": proc["cpu_percent"], "rss_mb": proc["rss_mb"],
-                "peak_rss_mb": proc["peak_rss_mb"], "runqueue_wait_percent": proc["runqueue_wait_percent"],
+                "peak_rss_mb": proc["peak_rss_mb"], "library_floor_mb": floor_mb, "runtime_packages_only": True, "runqueue_wait_percent": proc["runqueue_wait_percent"],
                 "history_samples_added": samples, "interval_s": 2.0,
                 "alert_settings": self.alert_settings, "alerts_firing_at_open": self.firing_at_open,
                 "alerts_firing_at_end": firing,

@@ -522,6 +522,19 @@ overlaps sections 5 and 6, whose servers are separate processes). History kept r
 | CPU (% of one core) | RSS at the end | peak RSS | runqueue wait | target | verdict |
 |---|---|---|---|---|---|
 | {x['cpu_percent']:.3f} % | {x['rss_mb']:.1f} MB | {x['peak_rss_mb']:.1f} MB | {x['runqueue_wait_percent']:.2f} % | ≤ {x['target_cpu_percent']} %, ≤ {x['target_rss_mb']:.0f} MB | {verdict(x['verdict'])} |
+{idle_floor(x)}"""
+
+
+def idle_floor(x: dict[str, Any]) -> str:
+    """The RSS floor: the libraries imported and nothing built (runs before it was measured say nothing)."""
+    if "library_floor_mb" not in x:
+        return ""
+    own = x["peak_rss_mb"] - x["library_floor_mb"]
+    return f"""
+The server runs with the packages of `requirements.txt` only, as a user installs it (the test-only
+ones are refused at import). Its floor: a process that starts as `app.py` does (monkey-patched) and
+imports the server's libraries, and builds nothing, holds **{x['library_floor_mb']:.1f} MB**. The server's own
+modules, its database engine, the app and the first readings add {own:.1f} MB to that.
 """
 
 
