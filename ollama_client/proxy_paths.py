@@ -105,7 +105,7 @@ def resolve(raw_path: str, method: str) -> Route:
     path = canonical_path(raw_path)
     if path is None:
         raise Refusal(404, "not found: the Ollama proxy forwards only the documented Ollama API paths")
-    allowed = allowed_methods(raw_path) or None
+    allowed = _allowed_methods(path) or None
     if allowed is None:
         head = "/".join(path.split("/")[:2])
         if head in MANAGEMENT:
@@ -125,8 +125,11 @@ def allowed_methods(raw_path: str) -> frozenset[str]:
     (['POST'], [])
     """
     path = canonical_path(raw_path)
-    if path is None:
-        return frozenset()
+    return frozenset() if path is None else _allowed_methods(path)
+
+
+def _allowed_methods(path: str) -> frozenset[str]:
+    """The methods the allowlist accepts on a canonical path."""
     allowed = ALLOWED.get(path)
     if allowed is None and path.startswith("v1/models/") and _is_model_segment(path[len("v1/models/"):]):
         allowed = _GET

@@ -256,3 +256,16 @@ def test_ollama_silent_before_the_first_byte_is_504(client, auth, fake_ollama):
 def test_options_lists_only_the_methods_the_allowlist_forwards(client, path, allow):
     """Found by Schemathesis: OPTIONS listed the catch-all rule's methods (PUT, DELETE...), which are 405."""
     assert client.options(path).headers["Allow"] == allow
+
+
+def test_an_answer_complete_in_its_first_receive_goes_as_one_body(client, auth, fake_ollama, monkeypatch):
+    """/api/tags arrives whole: it is sent as a body with its length, not relayed as a stream."""
+    from ollama_client import proxy
+
+    def no_relay(*args, **kwargs):
+        raise AssertionError("relayed as a stream")
+
+    monkeypatch.setattr(proxy, "_relay", no_relay)
+    response = client.get("/ollama/api/tags", headers=auth.headers())
+    assert response.status_code == 200
+    assert int(response.headers["Content-Length"]) == len(response.get_data()) and response.get_json()["models"]

@@ -91,3 +91,18 @@ def test_batches_are_bounded(monkeypatch):
     monkeypatch.setattr(proxy, "MAX_BATCH_BYTES", 4)
     relay = proxy._relay(Client(), (1.0, 1.0), Upstream(), b"", iter([b"a\n"] * 5), lambda: True)
     assert list(relay) == [b"a\na\n", b"a\na\n", b"a\n"]
+
+
+def _no_read_after_the_end(chunks):
+    """Chunks, then a read that fails the test: a relay that knows the length must not ask for more."""
+    yield from chunks
+    raise AssertionError("read past the declared length")
+
+
+def test_a_body_of_known_length_ends_without_another_read():
+    for more_arrived in (None, lambda: False):
+        upstream = Upstream()
+        relay = proxy._relay(Client(), (1.0, 1.0), upstream, b"ab", _no_read_after_the_end([b"cd", b"ef"]),
+                             more_arrived, length=6)
+        assert b"".join(relay) == b"abcdef" and upstream.closed == 1
+
