@@ -377,6 +377,18 @@ def test_proxied_requests_are_counted_per_user_and_model(client, auth, team, fak
         assert client.get(f"/api/usage?{bad}", headers=user).status_code == 400
 
 
+def test_a_proxied_listing_is_counted_without_a_model(client, auth, team, fake_ollama):
+    """/api/tags names every installed model: it is a request of its caller, not a use of the first one."""
+    from tests.live import wait_until
+
+    user = team.user("user", "ulla")
+    response = client.get("/ollama/api/tags", headers=user)
+    assert response.status_code == 200 and '"model"' in response.get_data(as_text=True)
+    wait_until(lambda: client.get("/api/usage?group_by=model", headers=user).get_json()["rows"])
+    rows = client.get("/api/usage?group_by=model", headers=user).get_json()["rows"]
+    assert [(r["model"], r["requests"], r["prompt_tokens"], r["completion_tokens"]) for r in rows] == [("", 1, 0, 0)]
+
+
 # -- persistence and faults -----------------------------------------------------------------------
 
 def test_sessions_and_download_history_survive_a_new_app_on_the_same_database(

@@ -21,6 +21,12 @@ _COUNTS = {
     "completion": re.compile(rb'"(?:eval_count|completion_tokens)"\s*:\s*(\d{1,12})'),
 }
 
+# The answers about one model's work, where Ollama names the model and counts tokens. A listing
+# (/api/tags, /api/ps, /v1/models) names every model and counts nothing: it is counted as a
+# request, with no model and no tokens, and its bytes are not looked at.
+INFERENCE_ENDPOINTS = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
+                                 "/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+
 
 class UsageMeter:
     """Watch one proxied answer go by; `finish()` hands the Usage to `record`."""
@@ -34,8 +40,11 @@ class UsageMeter:
         self._head = b""
         self._tail = b""
         self._done = False
+        self._reads = endpoint in INFERENCE_ENDPOINTS
 
     def feed(self, chunk: bytes) -> None:
+        if not self._reads:
+            return
         if len(self._head) < HEAD_BYTES:
             self._head += chunk[:HEAD_BYTES - len(self._head)]
         tail = self._tail + chunk if len(chunk) < TAIL_BYTES else chunk[-TAIL_BYTES:]
@@ -57,9 +66,11 @@ class UsageMeter:
         if self._done:
             return
         self._done = True
-        prompt = _last_int(_COUNTS["prompt"], self._tail)
-        completion = _last_int(_COUNTS["completion"], self._tail)
-        model = _model(self._head) or _model(self._tail)
+        prompt = completion = model = None
+        if self._reads:
+            prompt = _last_int(_COUNTS["prompt"], self._tail)
+            completion = _last_int(_COUNTS["completion"], self._tail)
+            model = _model(self._head) or _model(self._tail)
         self._record(Usage(self.username, self.key_id, self.endpoint, model, self.status,
                            round(self._clock() - self._started, 6), prompt, completion))
 
