@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from tests.live import REPO, free_port, server_env, start_server, wait_for
+from tests.live import REPO, dev_only_modules, free_port, runtime_only_site, server_env, start_server, wait_for
 
 pytestmark = pytest.mark.live
 
@@ -120,35 +120,11 @@ def test_no_duplicate_history_sample_at_start(tmp_path, live_nvml):
         server.stop()
 
 
-def _dev_only_modules() -> set[str]:
-    """Top-level modules of the distributions requirements-dev.txt adds to requirements.txt."""
-    import importlib.metadata
-    import re
-
-    def names(path):
-        return {re.split(r"[\[=<>~ ;]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
-                for line in (REPO / path).read_text().splitlines() if line.strip() and not line.startswith(("#", "-"))}
-
-    dev_only = names("requirements-dev.txt") - names("requirements.txt")
-    return {module for module, dists in importlib.metadata.packages_distributions().items()
-            if {d.lower().replace("_", "-") for d in dists} & dev_only and not module.startswith("_")}
-
-
 def test_the_server_starts_with_the_runtime_requirements_alone(tmp_path):
     """`pip install -r requirements.txt` is what a user installs: no module of the test-only
     packages (requests, pytest, Playwright, ...) may be needed to start and serve."""
-    blocked = _dev_only_modules()
-    assert {"requests", "pytest"} <= blocked
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import importlib.abc, sys\n"
-        f"BLOCKED = {sorted(blocked)!r}\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.partition('.')[0] in BLOCKED:\n"
-        "            raise ImportError(f'{name} is a test-only package (requirements-dev.txt)')\n"
-        "sys.meta_path.insert(0, Block())\n")
+    assert {"requests", "pytest"} <= dev_only_modules()
+    site = runtime_only_site(tmp_path / "site")
     port = free_port()
     env = server_env(tmp_path, port=port, extra={"PYTHONPATH": str(site)})
     server = start_server(tmp_path, env=env, wait=False)
