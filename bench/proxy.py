@@ -139,7 +139,7 @@ def run_tags(fake, server, targets: dict[str, tuple[str, str | None]]) -> dict[s
             + f"; proxy/health {result['proxy']['health_ratio']:.2f}")
     summary: dict[str, Any] = {"connections": TAGS_CONNECTIONS, "seconds": TAGS_SECONDS,
                                "target_health_ratio": TARGET_TAGS_HEALTH_RATIO, "reps": reps,
-                               "floor": run_floor(ways)}
+                               "floor": run_floor(ways), "client": run_client(fake.url)}
     for name in ways:
         row = {metric: Spread.of(r[name][metric] for r in reps).to_json() for metric in ("rps", "p50_ms", "p99_ms")}
         row["non_2xx"] = sum(r[name]["non_2xx"] for r in reps)
@@ -152,6 +152,49 @@ def run_tags(fake, server, targets: dict[str, tuple[str, str | None]]) -> dict[s
         summary[name] = row
     summary["proxy"]["health_ratio"] = Spread.of(r["proxy"]["health_ratio"] for r in reps).to_json()
     return summary
+
+
+CLIENT_REQUESTS = 2000
+CLIENT_SCRIPT = """
+import os, sys, time, warnings
+warnings.filterwarnings("ignore", message=r"\\s*Eventlet is deprecated")
+os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
+import eventlet
+eventlet.monkey_patch()
+sys.path.insert(0, {repo!r})
+from ollama_client.client import OllamaClient, iter_body
+client = OllamaClient({url!r})
+def one():
+    response = client.open_raw("GET", "/api/tags", headers={{"Accept-Encoding": "identity"}})
+    with client.transport_errors():
+        for _ in iter_body(response):
+            pass
+    response.close()
+for _ in range(100):
+    one()
+started = time.process_time()
+for _ in range({n}):
+    one()
+print((time.process_time() - started) / {n} * 1e6)
+"""
+
+
+def run_client(url: str) -> dict[str, Any]:
+    """The client half of a proxied request alone: CPU of one `GET /api/tags` sent through the
+    server's own OllamaClient (urllib3, http.client), in a process started as app.py is, on the
+    server's core, one request at a time, the body read to its end.
+
+    A proxied request is two HTTP exchanges in Python, the one it serves and the one it makes;
+    `/health` costs the first alone. If the second costs about as much, proxied ÷ `/health` req/s
+    cannot reach much above 0.5 whatever the proxy's own work.
+    """
+    values = []
+    for _ in range(REPETITIONS):
+        with pinned(SERVER_CPU):
+            out = subprocess.run([sys.executable, "-c", CLIENT_SCRIPT.format(repo=str(REPO), url=url, n=CLIENT_REQUESTS)],
+                                 capture_output=True, text=True, timeout=120, check=True).stdout
+        values.append(float(out.split()[-1]))
+    return {"requests": CLIENT_REQUESTS, "cpu_us_per_request": Spread.of(values).to_json()}
 
 
 def run_floor(ways: dict[str, tuple[str, dict[str, str]]]) -> dict[str, Any]:

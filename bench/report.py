@@ -392,6 +392,16 @@ urllib3/http.client). A proxied first line takes that same path (the request, on
 trip, the relay), so the second figure is its floor on this machine, and the target (nginx + 0.5 ms)
 lies below even the first.
 """)
+        cl = t.get("client")
+        if cl and "cpu_us_per_request" in t.get("health", {}):
+            health_us, client_us = t["health"]["cpu_us_per_request"]["median"], cl["cpu_us_per_request"]["median"]
+            lines.append(f"""The client half alone: one `GET /api/tags` sent through the server's own `OllamaClient` (urllib3,
+http.client), in a process started as `app.py` is, on the server's core, one at a time, costs
+**{m(cl['cpu_us_per_request'], 0)} µs** of CPU; `/health` costs {health_us:.0f} µs a request under wrk. A proxied request is the
+one the server answers plus the one it makes, so with nothing else its req/s could reach about
+{health_us:.0f} ÷ ({health_us:.0f} + {client_us:.0f}) = **{health_us / (health_us + client_us):.2f}×** `/health`: that is the ceiling the proxy's own
+work (the credential check, the allowlist, the usage row) comes off.
+""")
     return "\n".join(lines)
 
 
