@@ -480,11 +480,7 @@ def serve(listener: socket.socket, app: Callable, *, log_output: bool, max_conne
         "pool": pool})
     eventlet.wsgi.server(_PatientListener(listener), app, log_output=log_output,
                          # Flush streamed output at once (eventlet otherwise holds back 4 KiB).
-                         minimum_chunk_size=1, custom_pool=pool, protocol=protocol,
-                         # Werkzeug, Engine.IO and the proxy send names already in their usual case;
-                         # eventlet's re-capitalising (a split, join and two codecs a header) is
-                         # work per header on every response that changes nothing.
-                         capitalize_response_headers=False)
+                         minimum_chunk_size=1, custom_pool=pool, protocol=protocol)
 
 
 class Lifecycle:
