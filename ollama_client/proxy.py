@@ -141,12 +141,12 @@ def _forward() -> Response:
         meter.feed(first)
         meter.finish()
         response = Response(first, status=upstream.status)
-        _copy_response_headers(upstream, response)
+        _copy_response_headers(upstream, response, length)
         return response
     response = Response(meter.wrap(_relay(client, timeout, upstream, first, chunks, arrived_probe(upstream), length)),
                         status=upstream.status,
                         direct_passthrough=True)
-    _copy_response_headers(upstream, response)
+    _copy_response_headers(upstream, response, length)
     response.call_on_close(upstream.close)
     return response
 
@@ -298,15 +298,14 @@ def _relay(client, timeout, upstream, first: bytes, chunks: Iterator[bytes],
         upstream.close()
 
 
-def _copy_response_headers(upstream, response: Response) -> None:
+def _copy_response_headers(upstream, response: Response, length: int | None) -> None:
     headers = upstream.headers
     response.headers.remove("Content-Type")
     for name in RELAYED_RESPONSE_HEADERS:
         value = headers.get(name)
         if value is not None:
             response.headers[name] = value
-    # iter_body hands back identity bytes, so a length only holds for an unencoded body.
-    length = _body_length(upstream)
+    # iter_body hands back identity bytes, so a length (_body_length) only holds for an unencoded body.
     if length is not None:
         response.headers["Content-Length"] = str(length)
 
