@@ -32,6 +32,20 @@ LOAD_CPU = ALL_CPUS[0]
 REPETITIONS = int(os.environ.get("BENCH_REPETITIONS", "5"))
 
 
+# How a benchmark's helper process starts, as app.py does: eventlet's warning filtered, greendns
+# off, monkey-patched, names resolved in threads, the repository importable.
+APP_START = f"""
+import os, sys, warnings
+warnings.filterwarnings("ignore", message=r"\\s*Eventlet is deprecated")
+os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
+import eventlet
+eventlet.monkey_patch()
+sys.path.insert(0, {str(REPO)!r})
+import concurrency
+concurrency.resolve_names_in_threads()
+"""
+
+
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 

@@ -10,18 +10,18 @@ back from GET /api/alerts and recorded with the thresholds from GET /api/setting
 """
 from __future__ import annotations
 
-import time
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from bench.common import Fakes, ProcSampler, log, pinned, SERVER_CPU, start_dashboard, wait_for_gpus
+from bench.common import APP_START, SERVER_CPU, Fakes, ProcSampler, log, pinned, start_dashboard, wait_for_gpus
 from bench.scenarios import two_gpus
-from tests.live import REPO, runtime_only_site
+from tests.live import runtime_only_site
 
 DURATION_S = 60.0
 TARGET_CPU_PERCENT = 0.2
@@ -38,15 +38,7 @@ ALERT_ENV = {"ALERT_VRAM_PERCENT": "20", "ALERT_TEMPERATURE_C": "50", "ALERT_FOR
 LIBRARIES = ("flask", "flask_socketio", "flask_cors", "sqlalchemy", "sqlalchemy.orm", "sqlalchemy.dialects.sqlite",
              "sqlite3", "pydantic", "pydantic_settings", "prometheus_client", "bcrypt", "urllib3", "pynvml",
              "limits", "dotenv", "yaml")
-FLOOR_SCRIPT = f"""
-import os, sys, warnings
-warnings.filterwarnings("ignore", message=r"\\s*Eventlet is deprecated")
-os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
-import eventlet
-eventlet.monkey_patch()
-sys.path.insert(0, {str(REPO)!r})
-import concurrency
-concurrency.resolve_names_in_threads()
+FLOOR_SCRIPT = APP_START + f"""
 import importlib
 for name in {LIBRARIES!r}:
     importlib.import_module(name)
@@ -116,7 +108,8 @@ class IdleRun:
             f"{samples} history samples in {proc['seconds']:.0f} s; alerts firing {len(self.firing_at_open)} "
             f"at the start, {len(firing)} at the end ({', '.join(firing)})")
         return {"seconds": proc["seconds"], "cpu_percent": proc["cpu_percent"], "rss_mb": proc["rss_mb"],
-                "peak_rss_mb": proc["peak_rss_mb"], "library_floor_mb": floor_mb, "runtime_packages_only": True, "runqueue_wait_percent": proc["runqueue_wait_percent"],
+                "peak_rss_mb": proc["peak_rss_mb"], "library_floor_mb": floor_mb,
+                "runqueue_wait_percent": proc["runqueue_wait_percent"],
                 "history_samples_added": samples, "interval_s": 2.0,
                 "alert_settings": self.alert_settings, "alerts_firing_at_open": self.firing_at_open,
                 "alerts_firing_at_end": firing,

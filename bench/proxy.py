@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import (LOAD_CPU, REPETITIONS, REPO, SERVER_CPU, Fakes, ProcSampler, Spread, cpu_seconds, log,
+from bench.common import (APP_START, LOAD_CPU, REPETITIONS, REPO, SERVER_CPU, Fakes, ProcSampler, Spread, cpu_seconds, log,
                           percentile, pinned, start_dashboard, wait_for)
 from tests.fakes.fake_ollama import FakeOllama
 from tests.live import free_port
@@ -155,13 +155,8 @@ def run_tags(fake, server, targets: dict[str, tuple[str, str | None]]) -> dict[s
 
 
 CLIENT_REQUESTS = 2000
-CLIENT_SCRIPT = """
-import os, sys, time, warnings
-warnings.filterwarnings("ignore", message=r"\\s*Eventlet is deprecated")
-os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
-import eventlet
-eventlet.monkey_patch()
-sys.path.insert(0, {repo!r})
+CLIENT_SCRIPT = APP_START.replace("{", "{{").replace("}", "}}") + """
+import time
 from ollama_client.client import OllamaClient, iter_body
 client = OllamaClient({url!r})
 def one():
@@ -191,7 +186,7 @@ def run_client(url: str) -> dict[str, Any]:
     values = []
     for _ in range(REPETITIONS):
         with pinned(SERVER_CPU):
-            out = subprocess.run([sys.executable, "-c", CLIENT_SCRIPT.format(repo=str(REPO), url=url, n=CLIENT_REQUESTS)],
+            out = subprocess.run([sys.executable, "-c", CLIENT_SCRIPT.format(url=url, n=CLIENT_REQUESTS)],
                                  capture_output=True, text=True, timeout=120, check=True).stdout
         values.append(float(out.split()[-1]))
     return {"requests": CLIENT_REQUESTS, "cpu_us_per_request": Spread.of(values).to_json()}
