@@ -14,9 +14,8 @@ from typing import Annotated, Any, Mapping
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import (BeforeValidator, Field, SecretStr, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from ollama_client.keep_alive import parse_keep_alive
 
@@ -303,16 +302,20 @@ UserName = Annotated[str, BeforeValidator(_parse_username)]
 _SECRET = {"repr": False, "exclude": True}
 
 
-class Config(BaseSettings):
+class Config(BaseModel):
     """Every setting of the server, typed and validated.
 
     Build one from the environment with load_config(), or in code by field name:
-    Config(auth_username="admin", auth_password_hash=..., port=8080).
+    Config(auth_username="admin", auth_password_hash=..., port=8080). It takes only the values
+    handed in (load_config() reads the environment and `.env`), so Config(...) in a test never
+    picks up the developer's shell or `.env`. A plain pydantic model: pydantic-settings, which
+    reads sources of its own, was used with all of them turned off, and cost 5.2 MB of every
+    server's memory for its importing alone (BENCHMARKS.md, section 4).
     """
 
     # validate_default: a default is written as the variable would be ("registry.ollama.ai,hf.co")
     # and parsed like it; the password and token rules also run when those are unset.
-    model_config = SettingsConfigDict(populate_by_name=True, frozen=True, extra="ignore",
+    model_config = ConfigDict(populate_by_name=True, frozen=True, extra="ignore",
                                       allow_inf_nan=False, validate_default=True)
 
     # The variable as named in the contract; its type; its one default (the contract's); bounds.
@@ -357,16 +360,6 @@ class Config(BaseSettings):
     login_max_failures: int = 5          # per client address, in login_window_s
     login_max_user_failures: int = 20    # per user name, across all addresses
     login_window_s: int = 15 * 60
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
-                                   init_settings: PydanticBaseSettingsSource,
-                                   **sources: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Take only the values handed in: load_config() reads the environment and `.env`.
-
-        So Config(...) in a test never picks up the developer's shell or `.env`.
-        """
-        return (init_settings,)
 
     @model_validator(mode="before")
     @classmethod
@@ -434,15 +427,8 @@ VARIABLES = {field.alias: name for name, field in Config.model_fields.items() if
 def load_config(environ: Mapping[str, str] | None = None,
                 dotenv_path: str | os.PathLike | None = ".env") -> Config:
     """Read the environment over `.env` into a Config, or raise ConfigError listing every problem."""
-    values: dict[str, str] = {}
     problems: list[str] = []
-    if dotenv_path is not None and Path(dotenv_path).is_file():
-        try:
-            values.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-            problems.append(f"{dotenv_path}: cannot read it: {reason}")
-    values.update(os.environ if environ is None else environ)
+    values = _variables(environ, dotenv_path, problems)
     try:
         config = Config(**{name: value for name, value in values.items() if name in VARIABLES})
     except ValidationError as exc:
@@ -451,6 +437,28 @@ def load_config(environ: Mapping[str, str] | None = None,
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def redis_url_given(environ: Mapping[str, str] | None = None, dotenv_path: str | os.PathLike | None = ".env") -> bool:
+    """Whether REDIS_URL is set, where load_config() would read it; True too when `.env` cannot be
+    read (load_config() then reports it). Checked before the server imports its libraries (app.py)."""
+    problems: list[str] = []
+    value = _variables(environ, dotenv_path, problems).get("REDIS_URL", "")
+    return bool(problems) or bool(value.strip())
+
+
+def _variables(environ: Mapping[str, str] | None, dotenv_path: str | os.PathLike | None,
+               problems: list[str]) -> dict[str, str]:
+    """The environment over `.env`, as text; a `.env` that cannot be read is added to `problems`."""
+    values: dict[str, str] = {}
+    if dotenv_path is not None and Path(dotenv_path).is_file():
+        try:
+            values.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            problems.append(f"{dotenv_path}: cannot read it: {reason}")
+    values.update(os.environ if environ is None else environ)
+    return values
 
 
 def ensure_data_dir(config: Config) -> str | None:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr
 
 from auth.passwords import admin_password_hash, check_password, hash_password
-from config import VARIABLES, Config, ConfigError, ensure_data_dir, load_config, parse_ollama_host
+from config import VARIABLES, Config, ConfigError, ensure_data_dir, load_config, parse_ollama_host, redis_url_given
 from ollama_client.keep_alive import parse_keep_alive
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,6 +151,23 @@ def test_dotenv_is_read_beneath_the_environment(tmp_path):
     config = load_config({"DASHBOARD_PORT": "7000", "DASHBOARD_DATA_DIR": str(tmp_path / "d")},
                          dotenv_path=dotenv)
     assert config.auth_username == "from-file" and config.port == 7000
+
+
+@pytest.mark.parametrize(("environ", "dotenv", "given"), [
+    ({}, None, False),
+    ({"REDIS_URL": "  "}, None, False),                    # blank is unset, as load_config reads it
+    ({"REDIS_URL": "redis://127.0.0.1:6379/0"}, None, True),
+    ({}, "REDIS_URL=redis://cache:6379/0\n", True),        # from .env
+    ({"REDIS_URL": ""}, "REDIS_URL=redis://cache:6379/0\n", False),  # the environment wins
+    ({}, b"REDIS_URL=\xff\n", True),                     # unreadable: imported as usual, reported later
+])
+def test_redis_url_given_reads_where_load_config_reads(tmp_path, environ, dotenv, given):
+    path = tmp_path / ".env"
+    if isinstance(dotenv, bytes):
+        path.write_bytes(dotenv)
+    elif dotenv is not None:
+        path.write_text(dotenv)
+    assert redis_url_given(environ, path) is given
 
 
 def test_dotenv_that_is_not_utf8_is_a_configuration_error(tmp_path):
