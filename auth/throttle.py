@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Iterator
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import MovingWindowRateLimiter
-from redis.exceptions import RedisError
 
 import concurrency
 from errors import TooManyRequestsError
@@ -145,7 +144,7 @@ class LoginThrottle:
                     count = pipe.incr(name).expire(name, RESERVATION_TTL_S).execute()[0]
                 reserved.append(name)
                 waits.append(self._shared_wait_s(item, key, others=count - 1))
-        except RedisError as exc:
+        except self._link.errors as exc:
             self._release(reserved)
             self._link.lost("counting a login attempt", exc)
             raise _RedisAway from None
@@ -162,7 +161,7 @@ class LoginThrottle:
                 if attempt.wrong:
                     for item, key in keys:
                         self._shared_limiter.hit(item, key)
-            except RedisError as exc:
+            except self._link.errors as exc:
                 self._link.lost("recording a failed login", exc)
             self._release(reserved)
 
@@ -178,7 +177,7 @@ class LoginThrottle:
         for name in names:
             try:
                 self._link.client.decr(name)
-            except RedisError as exc:  # the counter expires by itself
+            except self._link.errors as exc:  # the counter expires by itself
                 self._link.lost("releasing a login reservation", exc)
 
 

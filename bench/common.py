@@ -43,6 +43,9 @@ eventlet.monkey_patch()
 sys.path.insert(0, {str(REPO)!r})
 import concurrency
 concurrency.resolve_names_in_threads()
+import config
+if not config.redis_url_given():
+    sys.modules["redis"] = None  # as app.py does: python-socketio then does without redis-py
 """
 
 

@@ -36,7 +36,7 @@ ALERT_ENV = {"ALERT_VRAM_PERCENT": "20", "ALERT_TEMPERATURE_C": "50", "ALERT_FOR
 # The same start as app.py (greendns off, monkey-patched, names resolved in threads), then the
 # libraries its modules import, with SQLite's driver as the default database uses it.
 LIBRARIES = ("flask", "flask_socketio", "flask_cors", "sqlalchemy", "sqlalchemy.orm", "sqlalchemy.dialects.sqlite",
-             "sqlite3", "pydantic", "pydantic_settings", "prometheus_client", "bcrypt", "urllib3", "pynvml",
+             "sqlite3", "pydantic", "prometheus_client", "bcrypt", "urllib3", "pynvml",
              "limits", "dotenv", "yaml")
 FLOOR_SCRIPT = APP_START + f"""
 import importlib

@@ -10,13 +10,13 @@ succeeds again logs the recovery and runs the `on_restored` callbacks.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
-import redis
-from redis.exceptions import RedisError
-
 import concurrency
+
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,10 +42,12 @@ def describe_url(url: str) -> str:
 
 def check_reachable(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:
     """PING Redis once; return None when it answers, else what went wrong (for the start-up line)."""
+    import redis  # only a server with REDIS_URL imports redis-py (see app.py)
+
     client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         client.ping()
-    except RedisError as exc:
+    except redis.RedisError as exc:
         return str(exc) or type(exc).__name__
     finally:
         client.close()
@@ -56,8 +58,12 @@ class RedisLink:
     """Clients for REDIS_URL (commands, and a second one for subscriptions), and the outage state."""
 
     def __init__(self, url: str, *, prefix: str = PREFIX):
+        import redis  # only a server with REDIS_URL imports redis-py (see app.py)
+
         self.url = url
         self.prefix = prefix
+        # What redis-py raises when Redis fails a command: for everyone who calls the clients below.
+        self.errors: type[Exception] = redis.RedisError
         self.client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
                                            socket_timeout=COMMAND_TIMEOUT_S)
         # A subscription waits for messages as long as it takes: no read timeout, TCP keepalive.
@@ -87,7 +93,7 @@ class RedisLink:
             return default
         try:
             result = command(self.client)
-        except RedisError as exc:
+        except self.errors as exc:
             self.lost(what, exc)
             return default
         self.restored()
@@ -159,12 +165,12 @@ def messages(link: RedisLink, channels: list[str], stopping: Callable[[], bool] 
                 message = pubsub.get_message(timeout=1.0)
                 if message is not None and message.get("type") == "message":
                     yield message
-        except RedisError as exc:
+        except link.errors as exc:
             link.lost(f"subscribing to {', '.join(channels)}", exc)
         finally:
             try:
                 pubsub.close()
-            except RedisError:
+            except link.errors:
                 pass  # the connection is gone already
         if not stopping():
             concurrency.sleep(max(link.retry_delay_s(), 0.1))

@@ -139,6 +139,24 @@ def test_the_server_starts_with_the_runtime_requirements_alone(tmp_path):
         server.stop()
 
 
+def test_a_server_without_redis_url_never_imports_redis(tmp_path):
+    """python-socketio imports redis-py for its RedisManager; without REDIS_URL app.py refuses that
+    import (3.1 MB of memory). PYTHONPROFILEIMPORTTIME writes every module imported to the log."""
+    port = free_port()
+    env = server_env(tmp_path, port=port, extra={"PYTHONPROFILEIMPORTTIME": "1"})
+    server = start_server(tmp_path, env=env)
+    try:
+        token = server.login()  # the login throttle (which can use Redis) runs too
+        assert requests.get(server.url + "/api/fleet", headers={"Authorization": f"Bearer {token}"},
+                            timeout=5).status_code == 200
+    finally:
+        server.stop()
+    imported = {line.rsplit("|", 1)[1].strip() for line in server.log().splitlines() if line.startswith("import time:")}
+    assert {"socketio.redis_manager", "flask_socketio", "limits"} <= imported, sorted(imported)[:50]
+    # A refused import is listed too, alone; redis-py's own modules (redis.client, ...) only when loaded.
+    assert not {name for name in imported if name.startswith("redis.")}
+
+
 def _answers(url: str) -> bool:
     try:
         return requests.get(url + "/health", timeout=1).status_code in (200, 503)
