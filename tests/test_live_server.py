@@ -138,6 +138,24 @@ def send_raw(server, data: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split()[1]), headers, body
 
 
+def test_header_names_go_out_as_the_app_wrote_them(start):
+    """eventlet re-cases names by default (ETag -> Etag, WWW-Authenticate -> Www-Authenticate); we turn that off."""
+    server = start()
+    host = f"Host: 127.0.0.1:{server.port}\r\nConnection: close\r\n"
+    sent = {}
+    for name, request in (("status", f"GET /api/vram/status HTTP/1.1\r\n{host}Authorization: Bearer {server.login()}\r\n\r\n"),
+                          ("refused", f"GET /api/vram/status HTTP/1.1\r\n{host}\r\n")):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(request.encode())
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        head = reply.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+        sent[name] = {line.partition(":")[0] for line in head}
+    assert {"ETag", "X-Reading-Age", "Content-Type", "X-Content-Type-Options"} <= sent["status"]
+    assert "WWW-Authenticate" in sent["refused"]
+
+
 def test_requests_the_http_server_refuses_get_json_errors_too(start):
     """Refused before any app code runs: no HTML page, no bare header-less reply."""
     server = start()
