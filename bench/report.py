@@ -389,8 +389,7 @@ adds **{signed(fl['health_added_ms'])} ms** before doing anything of its own (ev
 Python that nginx's C does not run); a proxied `GET /api/tags` p50 {m(fl['proxy_p50_ms'], 3)} ms, adding
 {signed(fl['proxy_added_ms'])} ms (that floor plus an authenticated request and one upstream round trip through
 urllib3/http.client). A proxied first line takes that same path (the request, one upstream round
-trip, the relay), so the second figure is its floor on this machine, and the target (nginx + 0.5 ms)
-lies below even the first.
+trip, the relay), so the second figure is its floor on this machine. {floor_against_target(x, fl)}
 """)
         cl = t.get("client")
         if cl and "cpu_us_per_request" in t.get("health", {}):
@@ -403,6 +402,21 @@ one the server answers plus the one it makes, so with nothing else its req/s cou
 work (the credential check, the allowlist, the usage row) comes off.
 """)
     return "\n".join(lines)
+
+
+def floor_against_target(x: dict[str, Any], fl: dict[str, Any]) -> str:
+    """Say whether the one-stream target (nginx's added first line + the allowance) lies below the floor."""
+    nginx = (x["by_streams"].get("1") or {}).get("nginx")
+    if not nginx or "added_p50_ms" not in nginx:
+        return ""
+    target = nginx["added_p50_ms"]["median"] + x["target_added_p50_ms"]
+    floor = fl["proxy_added_ms"]["median"]
+    if floor > target:
+        return (f"The one-stream target, nginx's {signed(nginx['added_p50_ms'])} ms + {x['target_added_p50_ms']} ms = "
+                f"{target:+.2f} ms, lies below this floor ({floor:+.2f} ms).")
+    return (f"This floor ({floor:+.2f} ms) is under the one-stream target, nginx's {signed(nginx['added_p50_ms'])} ms + "
+            f"{x['target_added_p50_ms']} ms = {target:+.2f} ms, in this run: it does not explain the streamed first "
+            f"line's added time above it.")
 
 
 def memory_section(x: dict[str, Any], r) -> str:
