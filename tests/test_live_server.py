@@ -125,14 +125,19 @@ def test_clean_stop_within_five_seconds(start, sig):
     assert server.password not in log and server.login() not in log
 
 
-def send_raw(server, data: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send bytes as they are; return the status, headers (lower-cased names) and body of the reply."""
+def exchange_raw(server, data: bytes) -> bytes:
+    """Send bytes as they are on a new connection; return all the server sent back until it closed."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(data)
         reply = b""
         while chunk := sock.recv(65536):
             reply += chunk
-    head, _, body = reply.partition(b"\r\n\r\n")
+    return reply
+
+
+def send_raw(server, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are; return the status, headers (lower-cased names) and body of the reply."""
+    head, _, body = exchange_raw(server, data).partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
     return int(status_line.split()[1]), headers, body
@@ -145,12 +150,7 @@ def test_header_names_go_out_as_the_app_wrote_them(start):
     sent = {}
     for name, request in (("status", f"GET /api/vram/status HTTP/1.1\r\n{host}Authorization: Bearer {server.login()}\r\n\r\n"),
                           ("refused", f"GET /api/vram/status HTTP/1.1\r\n{host}\r\n")):
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-            sock.sendall(request.encode())
-            reply = b""
-            while chunk := sock.recv(65536):
-                reply += chunk
-        head = reply.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+        head = exchange_raw(server, request.encode()).partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
         sent[name] = {line.partition(":")[0] for line in head}
     assert {"ETag", "X-Reading-Age", "Content-Type", "X-Content-Type-Options"} <= sent["status"]
     assert "WWW-Authenticate" in sent["refused"]
