@@ -411,12 +411,12 @@ def floor_against_target(x: dict[str, Any], fl: dict[str, Any]) -> str:
         return ""
     target = nginx["added_p50_ms"]["median"] + x["target_added_p50_ms"]
     floor = fl["proxy_added_ms"]["median"]
+    target_text = (f"the one-stream target, nginx's {signed(nginx['added_p50_ms'])} ms + {x['target_added_p50_ms']} ms = "
+                   f"{target:+.2f} ms")
     if floor > target:
-        return (f"The one-stream target, nginx's {signed(nginx['added_p50_ms'])} ms + {x['target_added_p50_ms']} ms = "
-                f"{target:+.2f} ms, lies below this floor ({floor:+.2f} ms).")
-    return (f"This floor ({floor:+.2f} ms) is under the one-stream target, nginx's {signed(nginx['added_p50_ms'])} ms + "
-            f"{x['target_added_p50_ms']} ms = {target:+.2f} ms, in this run: it does not explain the streamed first "
-            f"line's added time above it.")
+        return f"{target_text[0].upper()}{target_text[1:]}, lies below this floor ({floor:+.2f} ms)."
+    return (f"This floor ({floor:+.2f} ms) is under {target_text}, in this run: it does not explain the streamed "
+            f"first line's added time above it.")
 
 
 def memory_section(x: dict[str, Any], r) -> str:
