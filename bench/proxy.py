@@ -1,7 +1,9 @@
-"""2. Proxy: streaming /api/generate through /ollama against direct to the fake, nginx as the floor.
+"""2. Proxy: streaming /api/generate through /ollama against direct to the fake, nginx and the bare stack.
 
-The fake Ollama and the load generator share the load core; the proxy under test (the dashboard,
-or nginx) has the other core. Every repetition runs each way in turn, so each ratio compares
+Four ways: direct to the fake; nginx; the bare stack (bench/floor_proxy.py: eventlet.wsgi, Flask and
+urllib3 forwarding with nothing of the dashboard's own work, the floor of any proxy built on them);
+the dashboard. The fake Ollama and the load generator share the load core; the proxy under test
+(the dashboard, nginx or the bare stack) has the other core. Every repetition runs each way in turn, so each ratio compares
 figures taken seconds apart.
 """
 from __future__ import annotations
@@ -96,6 +98,38 @@ class Nginx:
             self.proc.wait()
 
 
+class BareProxy:
+    """bench/floor_proxy.py on the server core: the libraries the proxy is made of, doing nothing else."""
+
+    def __init__(self, upstream_url: str):
+        import socket
+
+        self.port = free_port()
+        with pinned(SERVER_CPU):
+            self.proc = subprocess.Popen([sys.executable, "-m", "bench.floor_proxy", str(self.port), upstream_url],
+                                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bench/floor_proxy.py exited: {self.proc.stderr.read().decode()}")
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(up, 30, what="the bare proxy")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/ollama"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def run_load(url: str, streams: int, token: str | None = None, tokens: int = TOKENS) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.stream_client", "--url", url + "/api/generate", "--streams", str(streams),
            "--seconds", str(SECONDS), "--tokens", str(tokens)]
@@ -110,13 +144,18 @@ def run_load(url: str, streams: int, token: str | None = None, tokens: int = TOK
     return result
 
 
-def run_tags(fake, server, targets: dict[str, tuple[str, str | None]]) -> dict[str, Any]:
-    """Small proxied requests: GET /api/tags through each way, and the dashboard's own /health."""
+def run_tags(fake, server, targets: dict[str, tuple[str, str | None]], pids: dict[str, int]) -> dict[str, Any]:
+    """Small proxied requests: GET /api/tags through each way, and the dashboard's own /health.
+
+    `pids`: the processes whose CPU time a request is counted (the dashboard's ways, the bare stack).
+    """
     from bench.rest import run_wrk
 
     ways = {name: (url + "/api/tags", {"Authorization": f"Bearer {token}"} if token else {})
             for name, (url, token) in targets.items()}
     ways["health"] = (server.url + "/health", {})
+    pids = {**pids, "health": server.proc.pid}
+    relayed = [name for name in ways if name not in ("direct", "health")]
     for url, headers in ways.values():  # warm up
         run_wrk(url, headers, duration_s=1, connections=TAGS_CONNECTIONS)
     reps: list[dict[str, Any]] = []
@@ -124,19 +163,19 @@ def run_tags(fake, server, targets: dict[str, tuple[str, str | None]]) -> dict[s
         order = list(ways) if rep % 2 == 0 else list(reversed(ways))
         result: dict[str, Any] = {}
         for name in order:
-            cpu_before = cpu_seconds(server.proc.pid)
+            cpu_before = cpu_seconds(pids[name]) if name in pids else 0.0
             before = fake.count("GET", "/api/tags")
             result[name] = run_wrk(*ways[name], duration_s=TAGS_SECONDS, connections=TAGS_CONNECTIONS)
             result[name]["upstream_requests"] = fake.count("GET", "/api/tags") - before
-            if name in ("proxy", "health"):
-                result[name]["cpu_us_per_request"] = ((cpu_seconds(server.proc.pid) - cpu_before) * 1e6
+            if name in pids:
+                result[name]["cpu_us_per_request"] = ((cpu_seconds(pids[name]) - cpu_before) * 1e6
                                                       / max(result[name]["requests"], 1))
-        for name in ("nginx", "proxy"):
+        for name in relayed:
             result[name]["ratio"] = result[name]["rps"] / result["direct"]["rps"]
-        result["proxy"]["health_ratio"] = result["proxy"]["rps"] / result["health"]["rps"]
+            result[name]["health_ratio"] = result[name]["rps"] / result["health"]["rps"]
         reps.append(result)
         log(f"proxy tags rep {rep + 1}: " + ", ".join(f"{n} {r['rps']:.0f} req/s" for n, r in result.items())
-            + f"; proxy/health {result['proxy']['health_ratio']:.2f}")
+            + "; " + ", ".join(f"{n}/health {result[n]['health_ratio']:.2f}" for n in relayed if n != "nginx"))
     summary: dict[str, Any] = {"connections": TAGS_CONNECTIONS, "seconds": TAGS_SECONDS,
                                "target_health_ratio": TARGET_TAGS_HEALTH_RATIO, "reps": reps,
                                "floor": run_floor(ways), "client": run_client(fake.url)}
@@ -145,12 +184,12 @@ def run_tags(fake, server, targets: dict[str, tuple[str, str | None]]) -> dict[s
         row["non_2xx"] = sum(r[name]["non_2xx"] for r in reps)
         row["requests"] = sum(r[name]["requests"] for r in reps)
         row["upstream_requests"] = sum(r[name]["upstream_requests"] for r in reps)
-        if name in ("proxy", "health"):
+        if name in pids:
             row["cpu_us_per_request"] = Spread.of(r[name]["cpu_us_per_request"] for r in reps).to_json()
-        if name in ("nginx", "proxy"):
+        if name in relayed:
             row["ratio"] = Spread.of(r[name]["ratio"] for r in reps).to_json()
+            row["health_ratio"] = Spread.of(r[name]["health_ratio"] for r in reps).to_json()
         summary[name] = row
-    summary["proxy"]["health_ratio"] = Spread.of(r["proxy"]["health_ratio"] for r in reps).to_json()
     return summary
 
 
@@ -198,17 +237,18 @@ def run_floor(ways: dict[str, tuple[str, dict[str, str]]]) -> dict[str, Any]:
     `/health` minus direct `GET /api/tags` is the latency any request served by this Python stack
     (eventlet.wsgi, Flask, the hooks) adds with no upstream at all: the floor under the proxy's
     added first line, which nginx's C does not pay. Proxied minus direct is the same small request
-    through the proxy.
+    through the proxy; bare minus direct, through the bare stack (bench/floor_proxy.py).
     """
     from bench.rest import run_wrk
 
-    p50: dict[str, list[float]] = {name: [] for name in ("direct", "proxy", "health")}
+    p50: dict[str, list[float]] = {name: [] for name in ("direct", "bare", "proxy", "health")}
     for rep in range(REPETITIONS):
         for name in (list(p50) if rep % 2 == 0 else list(reversed(p50))):
             p50[name].append(run_wrk(*ways[name], duration_s=TAGS_SECONDS, connections=1)["p50_ms"])
     floor = {f"{name}_p50_ms": Spread.of(values).to_json() for name, values in p50.items()}
     floor["health_added_ms"] = Spread.of(h - d for h, d in zip(p50["health"], p50["direct"])).to_json()
     floor["proxy_added_ms"] = Spread.of(x - d for x, d in zip(p50["proxy"], p50["direct"])).to_json()
+    floor["bare_added_ms"] = Spread.of(x - d for x, d in zip(p50["bare"], p50["direct"])).to_json()
     return floor
 
 
@@ -216,14 +256,17 @@ def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:
     with pinned(LOAD_CPU):
         fake = FakeOllama().start()
     servers = {}
-    nginx = None
+    nginx = bare = None
     try:
         fake.set_behaviour(tokens=TOKENS, token_interval_s=0.0)
         servers["proxy"] = start_dashboard(workdir, None, ollama_url=fake.url)
         nginx = Nginx(workdir, fake.port)
-        targets = {"direct": (fake.url, None), "nginx": (nginx.url, None)}
+        bare = BareProxy(fake.url)
+        targets = {"direct": (fake.url, None), "nginx": (nginx.url, None), "bare": (bare.url, None)}
         for name, server in servers.items():
             targets[name] = (server.url + "/ollama", server.login())
+        # Whose CPU time a request is counted: the dashboard's, and the bare stack's beside it.
+        pids = {"bare": bare.proc.pid, **{name: server.proc.pid for name, server in servers.items()}}
         for url, token in targets.values():  # warm up: connections, imports, caches
             run_load(url, 1, token)
         reps: dict[str, list[dict[str, Any]]] = {case[0]: [] for case in CASES}
@@ -237,11 +280,11 @@ def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:
                 for name in order:
                     before = fake.count("POST", "/api/generate")
                     url, token = targets[name]
-                    pid = servers[name].proc.pid if name in servers else None
+                    pid = pids.get(name)
                     cpu_before = cpu_seconds(pid) if pid else 0.0
                     result[name] = run_load(url, streams, token, tokens)
                     if pid:
-                        # The dashboard's own CPU time per proxied request: immune to waiting.
+                        # The proxy's own CPU time per proxied request: immune to waiting.
                         result[name]["cpu_us_per_request"] = ((cpu_seconds(pid) - cpu_before) * 1e6
                                                               / max(result[name]["requests"], 1))
                     if name in upstream:
@@ -256,12 +299,14 @@ def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:
                 log(f"proxy rep {rep + 1}, {case} stream(s): " + ", ".join(
                     f"{n} {r['lines_per_s']:.0f} lines/s ttfl p50 {r['ttfl_p50_ms']:.2f} ms" for n, r in result.items()))
         procs = {name: sampler.result() for name, sampler in samplers.items()}
-        tags = run_tags(fake, servers["proxy"], targets)
+        tags = run_tags(fake, servers["proxy"], targets, pids)
     finally:
         for server in servers.values():
             server.stop()
         if nginx is not None:
             nginx.stop()
+        if bare is not None:
+            bare.stop()
         fake.stop()
     summary: dict[str, Any] = {"seconds": SECONDS, "tokens": TOKENS, "paced_tokens": PACED_TOKENS,
                                "paced_interval_s": PACED_INTERVAL_S, "cases": [c[0] for c in CASES],
@@ -275,7 +320,7 @@ def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:
                          for metric in ("lines_per_s", "ttfl_p50_ms", "ttfl_p99_ms")}
             row[name]["errors"] = sum(r[name]["error_count"] for r in results)
             row[name]["error_samples"] = sorted({e for r in results for e in r[name]["errors"]})[:5]
-            if name in servers:
+            if name in pids:
                 row[name]["cpu_us_per_request"] = Spread.of(r[name]["cpu_us_per_request"] for r in results).to_json()
             if name != "direct":
                 for metric in ("ratio", "added_p50_ms", "added_p99_ms"):

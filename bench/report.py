@@ -31,6 +31,13 @@ def verdict(ok: bool | None) -> str:
     return NA if ok is None else (PASS if ok else FAIL)
 
 
+def floor_verdict(ok: bool, floor_ok: bool | None) -> str:
+    """A verdict that says so when the floor (the same libraries doing nothing else) misses it too."""
+    if ok or floor_ok is not False:
+        return verdict(ok)
+    return f"{FAIL}; the bare stack misses it too (the floor, section 2)"
+
+
 def write(results: dict[str, Any], path: Path) -> None:
     path.write_text(render(results))
 
@@ -106,20 +113,26 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
     floor = ((p or {}).get("tags") or {}).get("floor")
     floor_note = (f"; floor: a `/health` round trip adds {signed(floor['health_added_ms'])} ms over a direct "
                   f"Ollama request, a proxied `/api/tags` {signed(floor['proxy_added_ms'])} ms (c=1)") if floor else ""
+    def stream_ok(way: dict[str, Any] | None) -> bool | None:
+        if not way:
+            return None
+        return way["added_p50_ms"]["median"] <= p["target_added_p50_ms"] and way["ratio"]["median"] >= p["target_ratio"]
+
     for streams in ("1", "8", "8 paced"):
         row = (p or {}).get("by_streams", {}).get(streams)
         if row:
-            px = row["proxy"]
-            ok = px["added_p50_ms"]["median"] <= p["target_added_p50_ms"] and px["ratio"]["median"] >= p["target_ratio"]
+            px, bare = row["proxy"], row.get("bare")
             cpu = px.get("cpu_us_per_request")
             fig = (f"{signed(px['added_p50_ms'])} ms first line, {m(px['ratio'], 2)}× lines/s"
                    + (f", {m(cpu, 0)} µs CPU a request" if cpu else "")
-                   + f" (nginx {signed(row['nginx']['added_p50_ms'])} ms, {m(row['nginx']['ratio'], 2)}×)"
+                   + f" (nginx {signed(row['nginx']['added_p50_ms'])} ms, {m(row['nginx']['ratio'], 2)}×"
+                   + (f"; bare eventlet + Flask + urllib3 {signed(bare['added_p50_ms'])} ms, {m(bare['ratio'], 2)}×"
+                      if bare else "") + ")"
                    + (floor_note if streams == "1" else ""))
             what = (f"8 streams at {1 / p['paced_interval_s']:.0f} tokens/s each" if streams == "8 paced"
                     else f"{streams} stream(s), full speed")
             rows.append(["2", f"Proxy streaming `/api/generate`, {what}, vs direct", "≤ +0.5 ms p50, ≥ 0.9×",
-                         fig, verdict(ok)])
+                         fig, floor_verdict(stream_ok(px), stream_ok(bare))])
         else:
             rows.append(["2", f"Proxy, {streams} stream(s)", "≤ +0.5 ms p50, ≥ 0.9×", "n/a", verdict(None)])
     if p:
@@ -130,11 +143,14 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
     t = (p or {}).get("tags")
     if t:
         ratio = t["proxy"]["health_ratio"]
+        bare = (t.get("bare") or {}).get("health_ratio")
         rows.append(["2", f"Proxied `GET /api/tags` (wrk -c{t['connections']}) ÷ this server's `/health` req/s",
                      f"≥ {t['target_health_ratio']}×",
                      f"{m(ratio, 2)}× ({ratio['min']:.2f}–{ratio['max']:.2f}), {m(t['proxy']['ratio'], 2)}× direct, "
-                     f"{m(t['proxy']['cpu_us_per_request'], 0)} µs CPU a request (nginx {m(t['nginx']['ratio'], 2)}× direct)",
-                     verdict(ratio["median"] >= t["target_health_ratio"])])
+                     f"{m(t['proxy']['cpu_us_per_request'], 0)} µs CPU a request (nginx {m(t['nginx']['ratio'], 2)}× direct"
+                     + (f"; bare eventlet + Flask + urllib3 {m(bare, 2)}× `/health`" if bare else "") + ")",
+                     floor_verdict(ratio["median"] >= t["target_health_ratio"],
+                                   bare["median"] >= t["target_health_ratio"] if bare else None)])
     mem = r.get("memory")
     if mem:
         plain = mem["plain"]
@@ -338,17 +354,19 @@ def proxy_section(x: dict[str, Any], r) -> str:
 `bench/stream_client.py` (one keep-alive connection and thread per stream, pinned to the load core with
 the fake Ollama) POSTs `/api/generate` back to back for {x['seconds']} s; the fake streams {x['tokens']} tokens per
 answer as fast as it can (one chunk per NDJSON line, `TCP_NODELAY`); "8 paced" is 8 streams of
-{x.get('paced_tokens')} tokens at {1 / x.get('paced_interval_s', 1):.0f} tokens/s each, a fast model as a user meets it. Three ways in turn, order
+{x.get('paced_tokens')} tokens at {1 / x.get('paced_interval_s', 1):.0f} tokens/s each, a fast model as a user meets it. Four ways in turn, order
 alternating: **direct** to the fake; **nginx** (`proxy_buffering off`, upstream keep-alive, one worker on the
-server core); the dashboard's **proxy** as shipped. Time to first line is measured from the request's send
-to the recv that completed the first line. "CPU a request" is the dashboard's own CPU time (user +
+server core); **bare**, the floor: `bench/floor_proxy.py`, the libraries the proxy is made of (eventlet.wsgi,
+Flask, urllib3) set up for streaming as the server is and doing nothing else (no credentials, allowlist,
+limits, middleware, hooks or usage meter), on the server core; the dashboard's **proxy** as shipped. Time to first line is measured from the request's send
+to the recv that completed the first line. "CPU a request" is the proxy's own CPU time (user +
 system) per proxied request, which waiting on the shared machine does not inflate.
 Targets: ≤ +{x['target_added_p50_ms']} ms at p50 and ≥ {x['target_ratio']}× direct lines/s.
 
 | streams | way | lines/s | ratio to direct | first line p50 ms | added p50 ms | first line p99 ms | CPU a request µs | malformed answers |
 |---|---|---|---|---|---|---|---|---|"""]
     for streams, row in x["by_streams"].items():
-        for name in ("direct", "nginx", "proxy"):
+        for name in ("direct", "nginx", "bare", "proxy"):
             w = row.get(name)
             if not w:
                 continue
@@ -364,17 +382,20 @@ Targets: ≤ +{x['target_added_p50_ms']} ms at p50 and ≥ {x['target_ratio']}×
     lines.append("Dashboard CPU over the whole section (it idles while the other ways run): " +
                  ", ".join(f"{k} {v['cpu_percent']:.0f} % (runqueue wait {v.get('runqueue_wait_percent', 0):.0f} %)"
                            for k, v in srv.items()) + ".\n")
+    lines.append(bare_paragraph(x))
     t = x.get("tags")
     if t:
-        lines.append(f"""Small proxied requests: `wrk -t1 -c{t['connections']} -d{t['seconds']}s` `GET /api/tags` direct, through nginx
-and through the proxy, and the dashboard's own `/health` (the floor of any request it serves), in
+        lines.append(f"""Small proxied requests: `wrk -t1 -c{t['connections']} -d{t['seconds']}s` `GET /api/tags` direct, through nginx,
+the bare stack and the proxy, and the dashboard's own `/health` (the floor of any request it serves), in
 alternating order. Target: proxied ≥ {t['target_health_ratio']}× `/health` req/s. Upstream requests are the fake's count;
 wrk does not count the requests in flight when it stops, so the fake sees up to {t['connections']} more a way.
 
 | way | req/s | ratio to direct | ratio to `/health` | p50 ms | p99 ms | CPU a request µs | requests / upstream | non-2xx |
 |---|---|---|---|---|---|---|---|---|""")
-        for name in ("direct", "nginx", "proxy", "health"):
-            w = t[name]
+        for name in ("direct", "nginx", "bare", "proxy", "health"):
+            w = t.get(name)
+            if not w:
+                continue
             lines.append(f"| {name} | {f(w['rps'], 0)} | {f(w['ratio'], 2) if 'ratio' in w else ('1' if name == 'direct' else '—')} "
                          f"| {f(w['health_ratio'], 2) if 'health_ratio' in w else ('1' if name == 'health' else '—')} "
                          f"| {m(w['p50_ms'], 2)} | {m(w['p99_ms'], 2)} "
@@ -388,7 +409,7 @@ p50 {m(fl['direct_p50_ms'], 3)} ms; this server's `/health` p50 {m(fl['health_p5
 adds **{signed(fl['health_added_ms'])} ms** before doing anything of its own (eventlet.wsgi, Flask, the hooks: the
 Python that nginx's C does not run); a proxied `GET /api/tags` p50 {m(fl['proxy_p50_ms'], 3)} ms, adding
 {signed(fl['proxy_added_ms'])} ms (that floor plus an authenticated request and one upstream round trip through
-urllib3/http.client). A proxied first line takes that same path (the request, one upstream round
+urllib3/http.client){bare_tags(fl)}. A proxied first line takes that same path (the request, one upstream round
 trip, the relay), so the second figure is its floor on this machine. {floor_against_target(x, fl)}
 """)
         cl = t.get("client")
@@ -402,6 +423,31 @@ one the server answers plus the one it makes, so with nothing else its req/s cou
 work (the credential check, the allowlist, the usage row) comes off.
 """)
     return "\n".join(lines)
+
+
+def bare_tags(fl: dict[str, Any]) -> str:
+    """The bare stack's one-at-a-time /api/tags, where the run measured it."""
+    if "bare_added_ms" not in fl:
+        return ""
+    return f"; through the bare stack the same request adds {signed(fl['bare_added_ms'])} ms"
+
+
+def bare_paragraph(x: dict[str, Any]) -> str:
+    """Split each streamed case's added first line into the stack's floor and the dashboard's own work."""
+    parts = []
+    for case, row in x["by_streams"].items():
+        nginx, bare, proxy = row.get("nginx"), row.get("bare"), row.get("proxy")
+        if not (nginx and bare and proxy):
+            return ""
+        floor = bare["added_p50_ms"]["median"]
+        own = proxy["added_p50_ms"]["median"] - floor
+        parts.append(f"{case}: the bare stack adds {floor:+.2f} ms where nginx adds "
+                     f"{nginx['added_p50_ms']['median']:+.2f} ms, and the dashboard {own:+.2f} ms over the bare stack")
+    return ("Where the added first line goes (medians): " + "; ".join(parts) + ". The bare stack's figure is what "
+            "eventlet.wsgi, Flask and urllib3 cost on this machine before any of the dashboard's own work (the "
+            "credential check, the allowlist, the body limit, the hooks, the usage meter); a target under it "
+            "cannot be met by any proxy built on them, which the user's fixed stack (Flask-SocketIO on eventlet) "
+            "is.\n")
 
 
 def floor_against_target(x: dict[str, Any], fl: dict[str, Any]) -> str:
