@@ -25,7 +25,7 @@ from auth.credentials import current_principal
 from auth.permissions import INFER, require
 from errors import ApiError, BadRequestError, OllamaTimeoutError, OllamaUnavailableError, PayloadTooLargeError
 from ollama_client.client import arrived_probe, iter_body
-from ollama_client.proxy_paths import PREFIX, Refusal, allowed_methods, resolve
+from ollama_client.proxy_paths import PREFIX, Refusal, allowed_methods, resolve, usage_endpoint
 import services as services_module
 from usage.log import Usage
 from usage.meter import UsageMeter
@@ -78,8 +78,9 @@ def forward(rest: str) -> Response:
         # Refused or failed before any answer streamed: counted as an error of its caller.
         principal = current_principal()
         services_module.current().usage.record_later(Usage(
-            principal.username, principal.key.id if principal.key else None, request.path.removeprefix(PREFIX + "/"),
-            None, exc.status, round(time.monotonic() - started, 6), None, None))
+            principal.username, principal.key.id if principal.key else None,
+            usage_endpoint(raw_request_path(request.environ)), None, exc.status,
+            round(time.monotonic() - started, 6), None, None))
         raise
 
 
@@ -131,7 +132,7 @@ def _forward() -> Response:
         raise
 
     principal = current_principal()
-    meter = UsageMeter(principal.username, principal.key.id if principal.key else None, route.upstream_path,
+    meter = UsageMeter(principal.username, principal.key.id if principal.key else None, route.endpoint,
                        upstream.status, services.usage.record_later)
     length = _body_length(upstream)
     if length is not None and len(first) >= length:

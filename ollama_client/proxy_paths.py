@@ -57,6 +57,7 @@ class Route:
 
     method: str
     upstream_path: str  # starts with "/", e.g. "/api/tags", "/" for Ollama's root
+    endpoint: str  # what usage and the metrics count it under (usage_endpoint), e.g. "/v1/models/{model}"
 
 
 class Refusal(Exception):
@@ -115,7 +116,33 @@ def resolve(raw_path: str, method: str) -> Route:
         raise Refusal(404, f"not found: /ollama/{path} is not an Ollama API path the proxy forwards")
     if method not in allowed:
         raise Refusal(405, f"method {method} not allowed on /ollama/{path}", allow=allowed)
-    return Route(method=method, upstream_path="/" + path)
+    return Route(method=method, upstream_path="/" + path,
+                 endpoint="/" + path if path in ALLOWED else MODEL_ENDPOINT)
+
+
+# What a usage row (and the Prometheus label) names a request that fits no route: a fixed value,
+# so that neither grows with the paths callers make up.
+OTHER_ENDPOINT = "(other)"
+MODEL_ENDPOINT = "/v1/models/{model}"
+
+
+def usage_endpoint(raw_path: str) -> str:
+    """Return the route a request is counted under: one of a fixed set, whatever the path asked.
+
+    >>> usage_endpoint("/ollama/api/tags"), usage_endpoint("/ollama/v1/models/llama3%3A8b")
+    ('/api/tags', '/v1/models/{model}')
+    >>> usage_endpoint("/ollama/api/pull"), usage_endpoint("/ollama/api/blobs/sha256:ab"), usage_endpoint("/ollama/x")
+    ('/api/pull', '/api/blobs', '(other)')
+    """
+    path = canonical_path(raw_path)
+    if path is None:
+        return OTHER_ENDPOINT
+    if path in ALLOWED:
+        return "/" + path
+    if _allowed_methods(path):
+        return MODEL_ENDPOINT
+    head = "/".join(path.split("/")[:2])
+    return "/" + head if head in MANAGEMENT else OTHER_ENDPOINT
 
 
 def allowed_methods(raw_path: str) -> frozenset[str]:

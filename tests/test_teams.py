@@ -389,6 +389,36 @@ def test_a_proxied_listing_is_counted_without_a_model(client, auth, team, fake_o
     assert [(r["model"], r["requests"], r["prompt_tokens"], r["completion_tokens"]) for r in rows] == [("", 1, 0, 0)]
 
 
+def test_usage_names_each_request_by_its_route_and_a_long_value_never_wedges_the_log(
+        client, team, services, fake_ollama):
+    """The endpoint of a usage row (and the Prometheus label) is one of a fixed set, whatever the path
+    asked; a long model name in a forwarded path or in Ollama's answer is no row PostgreSQL refuses
+    (VARCHAR lengths), which would keep the whole batch, other users' rows too, out of the table."""
+    from sqlalchemy import select
+
+    from usage.log import Usage
+    from usage.models import UsageRecord
+
+    user = team.user("user", "ursula")
+    long_name = "m" * 80 + ":" + "t" * 80  # the longest name the allowlist forwards: 161 characters
+    asked = [("get", f"/ollama/v1/models/{long_name}", 404),  # forwarded; the fake knows no such model
+             ("get", "/ollama/api/" + "x" * 300, 404),       # not an Ollama path: refused here
+             ("post", "/ollama/api/tags", 405),
+             ("post", "/ollama/api/pull", 403),
+             ("get", "/ollama/api/tags", 200)]
+    for method, path, status in asked:
+        assert getattr(client, method)(path, headers=user).status_code == status, path
+    services.usage.record_later(Usage("ursula", None, "/api/chat", "n" * 400, 200, 0.1, 1, 2))
+    services.usage.flush()
+    rows = services.database.run(lambda s: [(r.endpoint, r.status, r.model) for r in s.scalars(
+        select(UsageRecord).where(UsageRecord.username == "ursula").order_by(UsageRecord.id))])
+    assert [(endpoint, status) for endpoint, status, _ in rows] == [
+        ("/v1/models/{model}", 404), ("(other)", 404), ("/api/tags", 405), ("/api/pull", 403), ("/api/tags", 200),
+        ("/api/chat", 200)]
+    assert rows[-1][2] == "n" * 300  # cut to the column, not refused
+    assert services.usage.flush() == 0  # nothing left behind for a retry
+
+
 # -- persistence and faults -----------------------------------------------------------------------
 
 def test_sessions_and_download_history_survive_a_new_app_on_the_same_database(

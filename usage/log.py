@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 GROUPS = ("user", "model", "day")
 FLUSH_EVERY_S = 1.0
 MAX_PENDING = 10_000  # rows kept for a retry while the database is down
+# The text columns' lengths: PostgreSQL refuses a longer value (SQLite keeps it), and one refused
+# row would fail its whole batch, every retry of it, and every row queued behind it.
+_TEXT_LENGTHS = {column.name: column.type.length for column in UsageRecord.__table__.columns
+                 if getattr(column.type, "length", None)}
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,16 @@ class Usage:
     duration_s: float
     prompt_tokens: int | None
     completion_tokens: int | None
+
+
+def _fitted(usage: Usage) -> dict[str, Any]:
+    """The row's values, each text cut to its column (a model name Ollama made up, say)."""
+    values = dict(usage.__dict__)
+    for name, length in _TEXT_LENGTHS.items():
+        value = values.get(name)
+        if isinstance(value, str) and len(value) > length:
+            values[name] = value[:length]
+    return values
 
 
 class UsageLog:
@@ -52,7 +66,7 @@ class UsageLog:
 
     def record(self, usage: Usage) -> None:
         """Record one request now (and tell the listeners)."""
-        row = UsageRecord(timestamp=self._clock(), **usage.__dict__)
+        row = UsageRecord(timestamp=self._clock(), **_fitted(usage))
         self._db.run(lambda s: s.add(row))
         self._tell(usage)
 
@@ -80,7 +94,7 @@ class UsageLog:
         if not rows:
             return 0
         # One executemany INSERT (SQLAlchemy's ORM bulk insert): no ORM object per row, on either side.
-        values = [{"timestamp": timestamp, **usage.__dict__} for timestamp, usage in rows]
+        values = [{"timestamp": timestamp, **_fitted(usage)} for timestamp, usage in rows]
         try:
             self._db.run(lambda s: s.execute(insert(UsageRecord), values))
         except ApiError as exc:
