@@ -62,72 +62,57 @@ http {{
 """
 
 
-class Nginx:
-    """nginx as a loopback reverse proxy (one process, no master), pinned to the server core."""
+class PinnedProxy:
+    """A proxy process on the server core, listening on 127.0.0.1:`port`, serving /ollama/*."""
+
+    def __init__(self, what: str, cmd: list[str], port: int, timeout_s: float):
+        with pinned(SERVER_CPU):
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.port = port
+        import socket
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{what} exited: {self.proc.stderr.read().decode()}")
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(up, timeout_s, what=what)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/ollama"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Nginx(PinnedProxy):
+    """nginx as a loopback reverse proxy (one process, no master)."""
 
     def __init__(self, workdir: Path, upstream_port: int):
         self.dir = workdir / "nginx"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        port = free_port()
         conf = self.dir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=self.dir, upstream=upstream_port, port=self.port))
+        conf.write_text(NGINX_CONF.format(dir=self.dir, upstream=upstream_port, port=port))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        with pinned(SERVER_CPU):
-            self.proc = subprocess.Popen([nginx, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "error.log")],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        import socket
-
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited: {self.proc.stderr.read().decode()}")
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", self.port)) == 0
-
-        wait_for(up, 10, what="nginx")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/ollama"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__("nginx", [nginx, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "error.log")],
+                         port, 10)
 
 
-class BareProxy:
-    """bench/floor_proxy.py on the server core: the libraries the proxy is made of, doing nothing else."""
+class BareProxy(PinnedProxy):
+    """bench/floor_proxy.py: the libraries the proxy is made of, doing nothing else."""
 
     def __init__(self, upstream_url: str):
-        import socket
-
-        self.port = free_port()
-        with pinned(SERVER_CPU):
-            self.proc = subprocess.Popen([sys.executable, "-m", "bench.floor_proxy", str(self.port), upstream_url],
-                                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bench/floor_proxy.py exited: {self.proc.stderr.read().decode()}")
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", self.port)) == 0
-
-        wait_for(up, 30, what="the bare proxy")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/ollama"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        port = free_port()
+        super().__init__("bench/floor_proxy.py", [sys.executable, "-m", "bench.floor_proxy", str(port), upstream_url],
+                         port, 30)
 
 
 def run_load(url: str, streams: int, token: str | None = None, tokens: int = TOKENS) -> dict[str, Any]:
