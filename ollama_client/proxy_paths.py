@@ -51,6 +51,12 @@ _RAW_PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
 _ALLOWED_ESCAPES = re.compile(r"%3[Aa]")
 
 
+# What a usage row (and the Prometheus label) names a request by: its route, never the path as
+# asked, so that neither grows with the model names or paths callers make up.
+OTHER_ENDPOINT = "(other)"
+MODEL_ENDPOINT = "/v1/models/{model}"
+
+
 @dataclass(frozen=True)
 class Route:
     """A proxied request the allowlist accepts: send `method upstream_path` to Ollama."""
@@ -116,14 +122,7 @@ def resolve(raw_path: str, method: str) -> Route:
         raise Refusal(404, f"not found: /ollama/{path} is not an Ollama API path the proxy forwards")
     if method not in allowed:
         raise Refusal(405, f"method {method} not allowed on /ollama/{path}", allow=allowed)
-    return Route(method=method, upstream_path="/" + path,
-                 endpoint="/" + path if path in ALLOWED else MODEL_ENDPOINT)
-
-
-# What a usage row (and the Prometheus label) names a request that fits no route: a fixed value,
-# so that neither grows with the paths callers make up.
-OTHER_ENDPOINT = "(other)"
-MODEL_ENDPOINT = "/v1/models/{model}"
+    return Route(method=method, upstream_path="/" + path, endpoint=_endpoint(path))
 
 
 def usage_endpoint(raw_path: str) -> str:
@@ -137,10 +136,8 @@ def usage_endpoint(raw_path: str) -> str:
     path = canonical_path(raw_path)
     if path is None:
         return OTHER_ENDPOINT
-    if path in ALLOWED:
-        return "/" + path
     if _allowed_methods(path):
-        return MODEL_ENDPOINT
+        return _endpoint(path)
     head = "/".join(path.split("/")[:2])
     return "/" + head if head in MANAGEMENT else OTHER_ENDPOINT
 
@@ -161,6 +158,11 @@ def _allowed_methods(path: str) -> frozenset[str]:
     if allowed is None and path.startswith("v1/models/") and _is_model_segment(path[len("v1/models/"):]):
         allowed = _GET
     return allowed or frozenset()
+
+
+def _endpoint(path: str) -> str:
+    """The endpoint of a canonical path the allowlist forwards: itself, or the model route's template."""
+    return "/" + path if path in ALLOWED else MODEL_ENDPOINT
 
 
 def _is_model_segment(name: str) -> bool:
