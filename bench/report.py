@@ -775,7 +775,9 @@ listening socket (`server.listen`). What was left was CPU: handing 56 KB to the 
 poll, by the first request that accepts gzip; 56 KB → ~2 KB; bodies that fit one packet, such as
 the 2-GPU one, go as they are) and an `ETag` naming the poll, so
 `/api/vram/status` answers `Content-Encoding: gzip` (with `Vary: Accept-Encoding`) to clients that
-accept it and 304 to an `If-None-Match` of the current poll, after the credential check.{rest_fig}
+accept it and 304 to an `If-None-Match` of the current poll, after the credential check. A 200 is a
+`PreparedResponse` (vram/routes.py): its headers go out as built, without the copy in which Werkzeug's
+`get_wsgi_headers` (a documented override point) checks all ~11 of them again for a Location to fix.{rest_fig}
 
 **Proxy first line and throughput; small proxied requests.** Before: `OllamaClient` on urllib3's
 pool directly (not `requests`), Flask-Limiter's hooks on the auth blueprint only, `TCP_NODELAY`. This

@@ -190,6 +190,29 @@ def test_status_is_gzipped_for_clients_that_accept_it(client, auth, services, mo
     assert "Content-Encoding" not in refused.headers and refused.data == polled.json_bytes
 
 
+@pytest.mark.parametrize("accept", ["", "gzip"])
+def test_a_prepared_status_goes_out_with_exact_length_and_every_contract_header_once(client, auth, services,
+                                                                                      monkeypatch, accept):
+    # vram.routes.PreparedResponse serves its headers without Werkzeug's fix-up copy: what it
+    # sends must still be complete, each header once, the length that of the bytes sent.
+    monkeypatch.setattr(vram_routes, "GZIP_MIN_BYTES", 0)
+    services.poller.tick()
+    headers = {**auth.headers(), "Accept-Encoding": accept}
+    response = client.get("/api/vram/status", headers=headers)
+    assert response.status_code == 200
+    assert int(response.headers["Content-Length"]) == len(response.data) > 0
+    names = [name.lower() for name, _ in response.headers]
+    for name in ("content-type", "content-length", "etag", "x-content-type-options", "referrer-policy",
+                 "cache-control", "x-reading-age", "x-reading-stale", "vary"):
+        assert names.count(name) == 1, name
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer" and response.headers["Cache-Control"] == "no-store"
+    head = client.head("/api/vram/status", headers=headers)
+    assert head.status_code == 200 and head.data == b""
+    assert head.headers["Content-Length"] == response.headers["Content-Length"]
+    assert head.headers["ETag"] == response.headers["ETag"]
+
+
 def test_the_etag_names_the_poll_and_if_none_match_gets_304(client, auth, services):
     services.poller.tick()
     first = client.get("/api/vram/status", headers=auth.headers())

@@ -34,6 +34,21 @@ def status():
                                       ("X-Reading-Stale", "true" if stale else "false")])
 
 
+class PreparedResponse(Response):
+    """A 200 whose body is complete bytes and whose headers need none of Werkzeug's fix-ups.
+
+    Response.get_wsgi_headers (public, documented for overriding) copies every header into a new
+    Headers, checking each value again, to absolutise a Location, encode a Content-Location and
+    count a Content-Length. A prepared snapshot has neither location and its Content-Length is
+    set with its body, so its headers go out as they are: one copy of ~11 headers less on the
+    route dashboards and scripts poll most (BENCHMARKS.md, section 1). A 304 stays a Response,
+    whose entity headers Werkzeug strips.
+    """
+
+    def get_wsgi_headers(self, environ):
+        return self.headers
+
+
 def snapshot_response(polled, extra_headers: list[tuple[str, str]] = ()) -> Response:
     """Answer with a poll's prepared body: 304 if the client has it, gzip if it accepts that."""
     # security.py adds Cache-Control: no-store to every /api answer; a client that keeps the body
@@ -60,7 +75,7 @@ def snapshot_response(polled, extra_headers: list[tuple[str, str]] = ()) -> Resp
     headers = [("Content-Type", "application/json"), ("ETag", polled.etag), *extra_headers, *vary]
     if gzip:
         headers.append(("Content-Encoding", "gzip"))
-    return Response(polled.gzip_bytes if gzip else polled.json_bytes, headers=headers)
+    return PreparedResponse(polled.gzip_bytes if gzip else polled.json_bytes, headers=headers)
 
 
 def _matches(if_none_match: str, etag: str) -> bool:
