@@ -42,9 +42,15 @@ class LiveServer:
     def login(self) -> str:
         """Log in once through the real route and return the session token."""
         if self._token is None:
-            response = requests.post(f"{self.url}/api/auth/login",
-                                     json={"username": self.username, "password": self.password}, timeout=10)
-            response.raise_for_status()
+            started = time.monotonic()
+            try:
+                response = requests.post(f"{self.url}/api/auth/login",
+                                         json={"username": self.username, "password": self.password}, timeout=10)
+            except requests.RequestException as exc:
+                # The server's own log says where it was (a stalled start-up, a dead worker, ...).
+                raise AssertionError(f"login failed after {time.monotonic() - started:.2f} s: {exc!r}; "
+                                     f"server exit code {self.proc.poll()}; its log:\n{self.log()}") from exc
+            assert response.status_code == 200, f"login: {response.status_code} {response.text}\n{self.log()}"
             self._token = response.json()["token"]
         return self._token
 
