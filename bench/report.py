@@ -113,28 +113,32 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
     floor = ((p or {}).get("tags") or {}).get("floor")
     floor_note = (f"; floor: a `/health` round trip adds {signed(floor['health_added_ms'])} ms over a direct "
                   f"Ollama request, a proxied `/api/tags` {signed(floor['proxy_added_ms'])} ms (c=1)") if floor else ""
-    def stream_ok(way: dict[str, Any] | None) -> bool | None:
-        if not way:
-            return None
-        return way["added_p50_ms"]["median"] <= p["target_added_p50_ms"] and way["ratio"]["median"] >= p["target_ratio"]
-
     for streams in ("1", "8", "8 paced"):
         row = (p or {}).get("by_streams", {}).get(streams)
         if row:
             px, bare = row["proxy"], row.get("bare")
+            limit = added_limit(p, row)
+
+            def stream_ok(way: dict[str, Any] | None) -> bool | None:
+                if not way:
+                    return None
+                return way["added_p50_ms"]["median"] <= limit and way["ratio"]["median"] >= p["target_ratio"]
+
             cpu = px.get("cpu_us_per_request")
             fig = (f"{signed(px['added_p50_ms'])} ms first line, {m(px['ratio'], 2)}× lines/s"
                    + (f", {m(cpu, 0)} µs CPU a request" if cpu else "")
                    + f" (nginx {signed(row['nginx']['added_p50_ms'])} ms, {m(row['nginx']['ratio'], 2)}×"
                    + (f"; bare eventlet + Flask + urllib3 {signed(bare['added_p50_ms'])} ms, {m(bare['ratio'], 2)}×"
                       if bare else "") + ")"
-                   + (floor_note if streams == "1" else ""))
+                   + (stream_floor_note(p) or floor_note if streams == "1" else ""))
             what = (f"8 streams at {1 / p['paced_interval_s']:.0f} tokens/s each" if streams == "8 paced"
                     else f"{streams} stream(s), full speed")
-            rows.append(["2", f"Proxy streaming `/api/generate`, {what}, vs direct", "≤ +0.5 ms p50, ≥ 0.9×",
+            rows.append(["2", f"Proxy streaming `/api/generate`, {what}, vs direct",
+                         f"added ≤ nginx's + {p['target_added_p50_ms']} ms = {limit:+.2f} ms p50, ≥ {p['target_ratio']}×",
                          fig, floor_verdict(stream_ok(px), stream_ok(bare))])
         else:
-            rows.append(["2", f"Proxy, {streams} stream(s)", "≤ +0.5 ms p50, ≥ 0.9×", "n/a", verdict(None)])
+            rows.append(["2", f"Proxy, {streams} stream(s)", "added ≤ nginx's + 0.5 ms p50, ≥ 0.9×", "n/a",
+                         verdict(None)])
     if p:
         up = p["upstream_requests"]
         ok = all(a == b for a, b in up.values())
@@ -361,7 +365,7 @@ Flask, urllib3) set up for streaming as the server is and doing nothing else (no
 limits, middleware, hooks or usage meter), on the server core; the dashboard's **proxy** as shipped. Time to first line is measured from the request's send
 to the recv that completed the first line. "CPU a request" is the proxy's own CPU time (user +
 system) per proxied request, which waiting on the shared machine does not inflate.
-Targets: ≤ +{x['target_added_p50_ms']} ms at p50 and ≥ {x['target_ratio']}× direct lines/s.
+Targets: an added first line (p50) at most nginx's in the same run + {x['target_added_p50_ms']} ms, and ≥ {x['target_ratio']}× direct lines/s.
 
 | streams | way | lines/s | ratio to direct | first line p50 ms | added p50 ms | first line p99 ms | CPU a request µs | malformed answers |
 |---|---|---|---|---|---|---|---|---|"""]
@@ -383,6 +387,9 @@ Targets: ≤ +{x['target_added_p50_ms']} ms at p50 and ≥ {x['target_ratio']}×
                  ", ".join(f"{k} {v['cpu_percent']:.0f} % (runqueue wait {v.get('runqueue_wait_percent', 0):.0f} %)"
                            for k, v in srv.items()) + ".\n")
     lines.append(bare_paragraph(x))
+    floor = stream_floor_section(x)
+    if floor:
+        lines.append(floor)
     t = x.get("tags")
     if t:
         lines.append(f"""Small proxied requests: `wrk -t1 -c{t['connections']} -d{t['seconds']}s` `GET /api/tags` direct, through nginx,
@@ -410,7 +417,7 @@ adds **{signed(fl['health_added_ms'])} ms** before doing anything of its own (ev
 Python that nginx's C does not run); a proxied `GET /api/tags` p50 {m(fl['proxy_p50_ms'], 3)} ms, adding
 {signed(fl['proxy_added_ms'])} ms (that floor plus an authenticated request and one upstream round trip through
 urllib3/http.client){bare_tags(fl)}. A proxied first line takes that same path (the request, one upstream round
-trip, the relay), so the second figure is its floor on this machine. {floor_against_target(x, fl)}
+trip, the relay). {floor_against_target(x, fl)}
 """)
         cl = t.get("client")
         if cl and "cpu_us_per_request" in t.get("health", {}):
@@ -450,11 +457,82 @@ def bare_paragraph(x: dict[str, Any]) -> str:
             "is.\n")
 
 
+def added_limit(x: dict[str, Any], row: dict[str, Any]) -> float:
+    """The added first line allowed in one case: nginx's in the same run + the allowance (issue 16)."""
+    nginx = row.get("nginx")
+    base = nginx["added_p50_ms"]["median"] if nginx and "added_p50_ms" in nginx else 0.0
+    return base + x["target_added_p50_ms"]
+
+
+def stream_floor_note(x: dict[str, Any]) -> str:
+    """The summary's pointer to the streamed first line's floor (section 2), where the run measured it."""
+    fl = x.get("stream_floor")
+    if not fl:
+        return ""
+    parts = [f"{label}: bare {signed(row['bare']['added_p50_ms'])}, proxy {signed(row['proxy']['added_p50_ms'])}, "
+             f"nginx {signed(row['nginx']['added_p50_ms'])} ms" for label, row in fl.items()]
+    return "; first line away from the fake's burst (" + "; ".join(parts) + ")"
+
+
+def stream_floor_section(x: dict[str, Any]) -> str:
+    """The streamed first line's floor: one stream where only the way under test can delay it."""
+    fl = x.get("stream_floor")
+    if not fl:
+        return ""
+    lines = ["""The first line's floor, one stream away from the fake's burst (`run_stream_floor`, each way in turn,
+order alternating). At full speed the fake writes an answer's lines in one burst of CPU on the core it
+shares with the client, so a client woken by a proxy's first write waits until the scheduler takes
+the core off the fake (direct, the client is woken by the fake's own write and reads at once).
+That wait, not the proxy, moves the one-stream full-speed figure by milliseconds from run to run{full_speed}. Two ways around it: **1 paced**, one user at
+100 tokens/s (the fake sleeps between tokens, so the load core is free when the first line comes),
+and **the fake yields**, full speed with the fake's threads at `SCHED_IDLE` (it runs only when the
+client has nothing to do).
+
+| case | way | first line p50 ms | added p50 ms | lines/s | malformed answers |
+|---|---|---|---|---|---|""".format(full_speed=full_speed_note(x))]
+    for label, row in fl.items():
+        for name in ("direct", "nginx", "bare", "proxy"):
+            w = row.get(name)
+            if not w:
+                continue
+            lines.append(f"| {label} | {name} | {f(w['ttfl_p50_ms'], 2)} | "
+                         f"{f(w['added_p50_ms'], 2) if 'added_p50_ms' in w else '—'} | {f(w['lines_per_s'], 0)} "
+                         f"| {w['errors']} |")
+    parts = []
+    for label, row in fl.items():
+        bare, proxy, nginx = (row[n]["added_p50_ms"]["median"] for n in ("bare", "proxy", "nginx"))
+        limit = nginx + x["target_added_p50_ms"]
+        parts.append(f"{label}: the bare stack adds {bare:+.2f} ms, {'over' if bare > limit else 'within'} "
+                     f"nginx's {nginx:+.2f} ms + {x['target_added_p50_ms']} ms = {limit:+.2f} ms, and the dashboard "
+                     f"{proxy - bare:+.2f} ms over the bare stack")
+    lines.append("")
+    lines.append("Away from the burst (medians): " + "; ".join(parts) + ". The bare stack's figure is the streamed "
+                 "first line's floor on this machine: the request parsed by eventlet.wsgi, routed by Flask, sent on "
+                 "and its answer's head parsed by urllib3 and http.client, the first chunk written, in Python, where "
+                 "nginx's C does the same in a fraction of the time.\n")
+    return "\n".join(lines)
+
+
+def full_speed_note(x: dict[str, Any]) -> str:
+    """This run's one-stream full-speed figures, beside the floor measured away from the burst."""
+    row = x["by_streams"].get("1") or {}
+    if not all(name in row for name in ("bare", "proxy")):
+        return ""
+    return (f" (in this run, full speed: bare {signed(row['bare']['added_p50_ms'])} ms, proxy "
+            f"{signed(row['proxy']['added_p50_ms'])} ms; spread over the repetitions "
+            f"{row['bare']['added_p50_ms']['min']:+.2f} to {row['bare']['added_p50_ms']['max']:+.2f} and "
+            f"{row['proxy']['added_p50_ms']['min']:+.2f} to {row['proxy']['added_p50_ms']['max']:+.2f} ms)")
+
+
 def floor_against_target(x: dict[str, Any], fl: dict[str, Any]) -> str:
     """Say whether the one-stream target (nginx's added first line + the allowance) lies below the floor."""
     nginx = (x["by_streams"].get("1") or {}).get("nginx")
     if not nginx or "added_p50_ms" not in nginx:
         return ""
+    if x.get("stream_floor"):
+        return ("A streamed first line costs more than this small request (a POST with a body, a chunked "
+                "answer relayed as it streams): its own floor is the bare stack's figure away from the fake's "
+                "burst, above.")
     target = nginx["added_p50_ms"]["median"] + x["target_added_p50_ms"]
     floor = fl["proxy_added_ms"]["median"]
     target_text = (f"the one-stream target, nginx's {signed(nginx['added_p50_ms'])} ms + {x['target_added_p50_ms']} ms = "
