@@ -30,7 +30,9 @@ def init_app(app: Flask, services) -> None:
     def scrape() -> Response:
         """Serve every metric in the Prometheus text format (version 0.0.4)."""
         body = generate_latest(registry)
-        polled = state.current_reading()
+        # The reading nvml_up was judged from: generate_latest ran collect() just now, in this green
+        # thread, with no I/O in between for another scrape to run in.
+        polled = state.collected
         if polled is not None:
             body += gpu_text.of(polled)
         return Response(body, mimetype=None, content_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -52,6 +52,7 @@ class DashboardCollector(Collector):
         self._ollama_up = ollama_up
         self._alerts_firing = alerts_firing
         self._counters = counters
+        self.collected: PolledSnapshot | None = None
 
     def describe(self) -> list[Metric]:
         return []  # collected at scrape time only; nothing to check at registration
@@ -64,8 +65,13 @@ class DashboardCollector(Collector):
         return None
 
     def collect(self) -> Iterator[Metric]:
-        """The families that change between polls; the GPU and process ones are GpuCollector's."""
-        nvml_up = self.current_reading() is not None
+        """The families that change between polls; the GPU and process ones are GpuCollector's.
+
+        The reading judged here is kept in `collected`: the scrape adds the GPU series of that same
+        reading, so that nvml_up and the GPU series agree even when it turns stale mid-scrape.
+        """
+        self.collected = self.current_reading()
+        nvml_up = self.collected is not None
         yield _gauge("nvml_up", "1 when NVML answered the latest poll in time, else 0", value=float(nvml_up))
         ollama_up = self._ollama_up()
         if ollama_up is not None:

@@ -110,6 +110,26 @@ def test_no_gpu_series_while_nvml_is_unavailable(client, auth, services, fake_nv
     assert "vram_dashboard_process_gpu_memory_bytes" not in samples
 
 
+def test_a_reading_that_turns_stale_mid_scrape_is_judged_once(client, auth, services, fake_nvml, monkeypatch):
+    """nvml_up and the GPU series come from one look at the reading: a scrape never says NVML is up
+    and shows no GPU, or down with GPU series, when the reading crosses the stale boundary."""
+    from vram.poller import PolledSnapshot
+
+    services.poller.tick()
+    headers = auth.headers()
+    looks = []
+
+    def is_stale(self, stale_after_s):  # fresh at the first look of a scrape, stale after it
+        looks.append(stale_after_s)
+        return len(looks) > 1
+
+    monkeypatch.setattr(PolledSnapshot, "is_stale", is_stale)
+    samples = scrape(client, headers)
+    assert looks, "the scrape never judged the reading"
+    assert samples["vram_dashboard_nvml_up"][0].value == 1
+    assert {s.labels["gpu"] for s in samples["vram_dashboard_gpu_memory_used_bytes"]} == {"0", "1"}
+
+
 def test_auth_needs_a_session_or_a_metrics_key(client, auth, services):
     services.poller.tick()
     assert client.get("/metrics").status_code == 401
