@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 PASS, FAIL, NA = "✅ met", "❌ missed", "— not run"
 
@@ -369,15 +369,11 @@ Targets: an added first line (p50) at most nginx's in the same run + {x['target_
 
 | streams | way | lines/s | ratio to direct | first line p50 ms | added p50 ms | first line p99 ms | CPU a request µs | malformed answers |
 |---|---|---|---|---|---|---|---|---|"""]
-    for streams, row in x["by_streams"].items():
-        for name in ("direct", "nginx", "bare", "proxy"):
-            w = row.get(name)
-            if not w:
-                continue
-            lines.append(f"| {streams} | {name} | {f(w['lines_per_s'], 0)} | {f(w.get('ratio'), 2) if 'ratio' in w else '1'} "
-                         f"| {f(w['ttfl_p50_ms'], 2)} | {f(w.get('added_p50_ms'), 2) if 'added_p50_ms' in w else '—'} "
-                         f"| {m(w['ttfl_p99_ms'], 1)} | {f(w.get('cpu_us_per_request'), 0) if 'cpu_us_per_request' in w else '—'} "
-                         f"| {w['errors']} |")
+    for streams, name, w in case_ways(x["by_streams"]):
+        lines.append(f"| {streams} | {name} | {f(w['lines_per_s'], 0)} | {f(w.get('ratio'), 2) if 'ratio' in w else '1'} "
+                     f"| {f(w['ttfl_p50_ms'], 2)} | {f(w.get('added_p50_ms'), 2) if 'added_p50_ms' in w else '—'} "
+                     f"| {m(w['ttfl_p99_ms'], 1)} | {f(w.get('cpu_us_per_request'), 0) if 'cpu_us_per_request' in w else '—'} "
+                     f"| {w['errors']} |")
     up = x["upstream_requests"]
     lines.append("")
     lines.append("Upstream requests counted by the fake per request the client made: " +
@@ -474,6 +470,14 @@ def stream_floor_note(x: dict[str, Any]) -> str:
     return "; first line away from the fake's burst (" + "; ".join(parts) + ")"
 
 
+def case_ways(by_case: dict[str, dict[str, Any]]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(case, way, figures) for each proxy way a case measured, in the tables' order."""
+    for case, row in by_case.items():
+        for name in ("direct", "nginx", "bare", "proxy"):
+            if row.get(name):
+                yield case, name, row[name]
+
+
 def stream_floor_section(x: dict[str, Any]) -> str:
     """The streamed first line's floor: one stream where only the way under test can delay it."""
     fl = x.get("stream_floor")
@@ -490,14 +494,10 @@ client has nothing to do).
 
 | case | way | first line p50 ms | added p50 ms | lines/s | malformed answers |
 |---|---|---|---|---|---|""".format(full_speed=full_speed_note(x))]
-    for label, row in fl.items():
-        for name in ("direct", "nginx", "bare", "proxy"):
-            w = row.get(name)
-            if not w:
-                continue
-            lines.append(f"| {label} | {name} | {f(w['ttfl_p50_ms'], 2)} | "
-                         f"{f(w['added_p50_ms'], 2) if 'added_p50_ms' in w else '—'} | {f(w['lines_per_s'], 0)} "
-                         f"| {w['errors']} |")
+    for label, name, w in case_ways(fl):
+        lines.append(f"| {label} | {name} | {f(w['ttfl_p50_ms'], 2)} | "
+                     f"{f(w['added_p50_ms'], 2) if 'added_p50_ms' in w else '—'} | {f(w['lines_per_s'], 0)} "
+                     f"| {w['errors']} |")
     parts = []
     for label, row in fl.items():
         bare, proxy, nginx = (row[n]["added_p50_ms"]["median"] for n in ("bare", "proxy", "nginx"))
