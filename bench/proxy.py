@@ -134,6 +134,11 @@ def run_load(url: str, streams: int, token: str | None = None, tokens: int = TOK
     return result
 
 
+def alternating(names, rep: int) -> list[str]:
+    """The ways in the order repetition `rep` runs them: as given, then reversed, by turns."""
+    return list(names) if rep % 2 == 0 else list(reversed(names))
+
+
 def fake_yields(fake, idle: bool) -> None:
     """Put every thread of the fake Ollama at SCHED_IDLE (or back to the normal policy).
 
@@ -170,7 +175,7 @@ def run_stream_floor(fake, targets: dict[str, tuple[str, str | None]]) -> dict[s
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
         try:
             for rep in range(REPETITIONS):
-                for name in (list(targets) if rep % 2 == 0 else list(reversed(targets))):
+                for name in alternating(targets, rep):
                     url, token = targets[name]
                     runs[name].append(run_load(url, 1, token, tokens))
         finally:
@@ -205,7 +210,7 @@ def run_tags(fake, server, targets: dict[str, tuple[str, str | None]], pids: dic
         run_wrk(url, headers, duration_s=1, connections=TAGS_CONNECTIONS)
     reps: list[dict[str, Any]] = []
     for rep in range(REPETITIONS):
-        order = list(ways) if rep % 2 == 0 else list(reversed(ways))
+        order = alternating(ways, rep)
         result: dict[str, Any] = {}
         for name in order:
             cpu_before = cpu_seconds(pids[name]) if name in pids else 0.0
@@ -288,7 +293,7 @@ def run_floor(ways: dict[str, tuple[str, dict[str, str]]]) -> dict[str, Any]:
 
     p50: dict[str, list[float]] = {name: [] for name in ("direct", "bare", "proxy", "health")}
     for rep in range(REPETITIONS):
-        for name in (list(p50) if rep % 2 == 0 else list(reversed(p50))):
+        for name in alternating(p50, rep):
             p50[name].append(run_wrk(*ways[name], duration_s=TAGS_SECONDS, connections=1)["p50_ms"])
     floor = {f"{name}_p50_ms": Spread.of(values).to_json() for name, values in p50.items()}
     floor["health_added_ms"] = Spread.of(h - d for h, d in zip(p50["health"], p50["direct"])).to_json()
@@ -321,7 +326,7 @@ def run(fakes: Fakes, workdir: Path) -> dict[str, Any]:
             for case, streams, tokens, interval in CASES:
                 fake.set_behaviour(tokens=tokens, token_interval_s=interval)
                 result: dict[str, Any] = {}
-                order = list(targets) if rep % 2 == 0 else list(reversed(targets))
+                order = alternating(targets, rep)
                 for name in order:
                     before = fake.count("POST", "/api/generate")
                     url, token = targets[name]

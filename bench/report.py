@@ -113,17 +113,16 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
     floor = ((p or {}).get("tags") or {}).get("floor")
     floor_note = (f"; floor: a `/health` round trip adds {signed(floor['health_added_ms'])} ms over a direct "
                   f"Ollama request, a proxied `/api/tags` {signed(floor['proxy_added_ms'])} ms (c=1)") if floor else ""
+    def stream_ok(way: dict[str, Any] | None, limit: float) -> bool | None:
+        if not way:
+            return None
+        return way["added_p50_ms"]["median"] <= limit and way["ratio"]["median"] >= p["target_ratio"]
+
     for streams in ("1", "8", "8 paced"):
         row = (p or {}).get("by_streams", {}).get(streams)
         if row:
             px, bare = row["proxy"], row.get("bare")
             limit = added_limit(p, row)
-
-            def stream_ok(way: dict[str, Any] | None) -> bool | None:
-                if not way:
-                    return None
-                return way["added_p50_ms"]["median"] <= limit and way["ratio"]["median"] >= p["target_ratio"]
-
             cpu = px.get("cpu_us_per_request")
             fig = (f"{signed(px['added_p50_ms'])} ms first line, {m(px['ratio'], 2)}× lines/s"
                    + (f", {m(cpu, 0)} µs CPU a request" if cpu else "")
@@ -135,7 +134,7 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
                     else f"{streams} stream(s), full speed")
             rows.append(["2", f"Proxy streaming `/api/generate`, {what}, vs direct",
                          f"added ≤ nginx's + {p['target_added_p50_ms']} ms = {limit:+.2f} ms p50, ≥ {p['target_ratio']}×",
-                         fig, floor_verdict(stream_ok(px), stream_ok(bare))])
+                         fig, floor_verdict(stream_ok(px, limit), stream_ok(bare, limit))])
         else:
             rows.append(["2", f"Proxy, {streams} stream(s)", "added ≤ nginx's + 0.5 ms p50, ≥ 0.9×", "n/a",
                          verdict(None)])
@@ -501,7 +500,7 @@ client has nothing to do).
     parts = []
     for label, row in fl.items():
         bare, proxy, nginx = (row[n]["added_p50_ms"]["median"] for n in ("bare", "proxy", "nginx"))
-        limit = nginx + x["target_added_p50_ms"]
+        limit = added_limit(x, row)
         parts.append(f"{label}: the bare stack adds {bare:+.2f} ms, {'over' if bare > limit else 'within'} "
                      f"nginx's {nginx:+.2f} ms + {x['target_added_p50_ms']} ms = {limit:+.2f} ms, and the dashboard "
                      f"{proxy - bare:+.2f} ms over the bare stack")
