@@ -62,7 +62,7 @@ def forward(node: str, path: str):
         url += "?" + request.query_string.decode("ascii", "replace")
     headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
     try:
-        # urllib3, as the Ollama client: no redirect followed, no retry (the caller sees the failure).
+        # As with the Ollama client: no redirect followed, no retry (the caller sees the failure).
         answer = _POOL.request(request.method, url, headers=headers, body=request.get_data() or None,
                                timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
                                redirect=False, retries=False)

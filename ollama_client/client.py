@@ -6,33 +6,32 @@ Every call goes through `_request_raw`, which turns transport failures into exac
 Ollama becomes `OllamaError` carrying Ollama's status and its `error` text (typed methods only;
 `open_raw` hands every status back untouched, for the proxy).
 
-urllib3's pool is used directly, not through `requests`: a proxied request is on the hot path,
-and `requests` spends about a millisecond a call preparing it (merging settings and environment,
-hooks) for features that are all off here. urllib3 never reads HTTP(S)_PROXY or .netrc, and
-with `redirect=False, retries=False` it sends exactly one request and follows nothing.
+The connections are http.client's, pooled by ollama_client.transport, not urllib3's or
+`requests`': a proxied request is on the hot path, and their features (retries, redirects, proxies
+from HTTP(S)_PROXY, .netrc, decoding) are all off here yet cost a small proxied request ~80–130 µs of
+CPU (`requests` about a millisecond). Each call sends exactly one request and follows nothing.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import http.client
 import io
 import json
 import logging
 import socket
+import ssl
 from typing import Any, Callable, Iterable, Iterator
-
-import urllib3
-from urllib3.util import parse_url
+from urllib.parse import urlsplit
 
 import concurrency
 from errors import OllamaError, OllamaTimeoutError, OllamaUnavailableError
+from ollama_client import transport
 
 log = logging.getLogger(__name__)
 
 Timeout = tuple[float, float]  # (connect_s, read_s): read_s is the longest silence between bytes
-Response = urllib3.BaseHTTPResponse
+Response = transport.UpstreamResponse
 
 CONNECT_TIMEOUT_S = 5.0
 DEFAULT_TIMEOUT: Timeout = (CONNECT_TIMEOUT_S, 30.0)
@@ -44,8 +43,6 @@ REACHABLE_TIMEOUT: Timeout = (1.0, 1.0)
 REACHABLE_CACHE_S = 3.0
 USER_AGENT = "vram-dashboard"
 READ_CHUNK_BYTES = 64 * 1024
-# One request, no retry (a POST /api/generate must not run twice), no redirect followed.
-NO_RETRIES = urllib3.Retry(total=False, redirect=False, raise_on_redirect=False, raise_on_status=False)
 
 
 class OllamaClient:
@@ -60,11 +57,9 @@ class OllamaClient:
         self.pull_timeout = pull_timeout
         self.reachable_cache_s = reachable_cache_s
         # OLLAMA_HOST may carry a path (https://host/ollama): every request path goes under it.
-        self._path_prefix = (parse_url(self.base_url).path or "").rstrip("/")
-        # block=False: past pool_maxsize a request opens a connection of its own instead of waiting.
-        self._pool = urllib3.connection_from_url(self.base_url, maxsize=pool_maxsize, block=False,
-                                                 retries=NO_RETRIES)
-        self._pool.ConnectionCls = _cheap_liveness_check(self._pool.ConnectionCls)
+        self._path_prefix = (urlsplit(self.base_url).path or "").rstrip("/")
+        # Past pool_maxsize busy connections a request opens one of its own instead of waiting.
+        self._pool = transport.Pool(self.base_url, maxsize=pool_maxsize)
         self._reachable_lock = concurrency.Lock()
         self._reachable: tuple[float, bool] | None = None  # (monotonic time checked, answer)
 
@@ -92,10 +87,7 @@ class OllamaClient:
             sent["Content-Type"] = "application/json"
         sent.update(headers or {})
         with self.transport_errors(timeout, reading=False):
-            return self._pool.urlopen(method, self._path_prefix + path, body=data, headers=sent,
-                                      chunked=data is not None and not isinstance(data, (bytes, bytearray)),
-                                      timeout=_urllib3_timeout(timeout), retries=NO_RETRIES, redirect=False,
-                                      assert_same_host=False, preload_content=False, decode_content=True)
+            return self._pool.request(method, self._path_prefix + path, body=data, headers=sent, timeout=timeout)
 
     @contextlib.contextmanager
     def transport_errors(self, timeout: Timeout | None = None, *, reading: bool = True) -> Iterator[None]:
@@ -106,16 +98,18 @@ class OllamaClient:
         """
         try:
             yield
-        except urllib3.exceptions.NewConnectionError as exc:  # refused, unknown host, no route
-            raise self._unavailable(_describe(exc), exc) from None
-        except urllib3.exceptions.ConnectTimeoutError as exc:
+        except transport.ConnectTimeout as exc:
             raise self._unavailable(f"no connection within {timeout[0] if timeout else '?'} s", exc) from None
-        except (urllib3.exceptions.TimeoutError, TimeoutError):  # read timeouts: silent after connecting
+        except transport.ConnectError as exc:  # refused, unknown host, no route
+            raise self._unavailable(_describe(exc), exc) from None
+        except ssl.SSLError as exc:
+            raise self._unavailable(f"TLS failed: {exc.reason or exc}", exc) from None
+        except (TimeoutError, socket.timeout):  # read timeouts: silent after connecting
             read_s = timeout[1] if timeout else None
             within = f" within {read_s:g} s" if read_s else ""
             raise OllamaTimeoutError(f"Ollama at {self.base_url} did not answer{within} "
                                      "(OLLAMA_HOST); it may be busy loading a model") from None
-        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+        except (http.client.HTTPException, OSError) as exc:
             reason = ("the connection broke mid-response (Ollama stopped or restarted?)" if reading
                       else _describe(exc))
             raise self._unavailable(reason, exc) from None
@@ -133,7 +127,7 @@ class OllamaClient:
         response = self._request_raw(method, path, timeout=timeout, json_body=json_body,
                                      headers={"Accept": "application/json"})
         with contextlib.closing(response), self.transport_errors(timeout):
-            content = response.data
+            content = response.read()
         check_status(response, content)
         if not content.strip():
             return None
@@ -220,7 +214,7 @@ class OllamaClient:
                                      headers={"Accept": "application/x-ndjson"})
         if not 200 <= response.status < 300:
             with contextlib.closing(response), self.transport_errors(timeout):
-                content = response.data
+                content = response.read()
             check_status(response, content)
         return PullStream(self, response, timeout)
 
@@ -269,59 +263,6 @@ class PullStream:
             self.response.close()
 
 
-def _cheap_liveness_check(connection_cls: type) -> type:
-    """Return `connection_cls` with an `is_connected` that asks poll(2) directly, and whose requests
-    with a small bytes body leave in one send().
-
-    Before reusing a pooled keep-alive connection urllib3 asks `is_connected` whether Ollama has
-    closed it; its answer goes through select(), which under eventlet is the hub's green select
-    (a timer and two switches): ~10 % of a small proxied request's CPU. The answer is the same
-    question put to the OS at once. `is_connected` is a public property of urllib3's connections
-    (and `ConnectionCls` the pool's documented class hook); if either is not there, the stock
-    class is kept.
-
-    urllib3's `request()` sends the header block, then the body, with a `send()` each (http.client
-    joins them only when it is handed the body itself): two packets, and Ollama, having read the
-    headers, waits for a second wake-up to read the body. For a body given as bytes (the proxy's
-    chat and generate requests, the API's JSON) the header block is held back by `send()` and goes
-    with the body's first bytes; streamed bodies and requests without one are sent as before.
-    """
-    if not (isinstance(getattr(connection_cls, "is_connected", None), property)
-            and callable(getattr(connection_cls, "request", None)) and callable(getattr(connection_cls, "send", None))):
-        log.info("urllib3 %s has no is_connected property; keeping its own connection class",
-                 urllib3.__version__)
-        return connection_cls
-
-    def is_connected(self) -> bool:
-        sock = self.sock
-        return sock is not None and not concurrency.readable_now(sock.fileno())
-
-    def request(self, method, url, body=None, headers=None, **kwargs):
-        # None: pass every send through; b"": hold the next one (the header block); bytes: held.
-        self._held = b"" if isinstance(body, bytes) and body else None
-        try:
-            connection_cls.request(self, method, url, body=body, headers=headers, **kwargs)
-            held = self._held
-        finally:
-            self._held = None
-        if held:  # the body never came (urllib3 skips empty chunks): the headers go alone
-            connection_cls.send(self, held)
-
-    def send(self, data):
-        held = getattr(self, "_held", None)
-        if held is None or not isinstance(data, bytes):
-            return connection_cls.send(self, data)
-        if not held:
-            self._held = data
-            return None
-        self._held = None
-        return connection_cls.send(self, held + data)
-
-    return type(connection_cls.__name__, (connection_cls,), {"is_connected": property(is_connected),
-                                                             "request": request, "send": send,
-                                                             "__module__": __name__})
-
-
 def iter_body(response: Response, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
     """Yield a response's body as it arrives: what one receive brought, never held back.
 
@@ -329,8 +270,8 @@ def iter_body(response: Response, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterat
     """
     # read() would wait for chunk_bytes or the end. read1() returns what is there: for a chunked
     # body (Ollama sends every NDJSON line as a chunk of its own) at most the rest of one chunk,
-    # de-chunked by http.client, so each line goes on the moment it arrives. urllib3 releases the
-    # connection to the pool once the body has been read to its end.
+    # de-chunked by http.client, so each line goes on the moment it arrives. The response gives its
+    # connection back to the pool once the body has been read to its end.
     while data := response.read1(chunk_bytes):
         yield data
 
@@ -340,13 +281,12 @@ def arrived_probe(response: Response) -> Callable[[], bool] | None:
 
     The proxy joins what has already arrived into one downstream write. http.client hands a
     chunked body back one chunk (one NDJSON line) at a time, though one receive often brought many;
-    whether more is there is a question for the response's buffered reader and its socket, which
-    urllib3 and http.client keep to themselves. This is the one place that reaches for them; it
-    checks their shapes and answers None (relay chunk by chunk) when they are not as expected.
+    whether more is there is a question for the response's buffered reader (http.client's
+    `HTTPResponse.fp`, not documented) and its socket. This is the one place that reaches for
+    them; it checks their shapes and answers None (relay chunk by chunk) when they are not as expected.
     """
-    connection = getattr(response, "connection", None)
-    sock = getattr(connection, "sock", None)
-    buffered = getattr(getattr(response, "_fp", None), "fp", None)
+    sock = getattr(response, "sock", None)
+    buffered = getattr(getattr(response, "raw", None), "fp", None)
     if not (isinstance(buffered, io.BufferedReader) and hasattr(sock, "settimeout")
             and hasattr(sock, "gettimeout") and hasattr(sock, "fileno")):
         return None
@@ -385,13 +325,11 @@ def abort_response(response: Response) -> None:
     """Shut down a streamed response's socket, waking a green thread blocked reading it.
 
     Closing the response from another green thread while one reads it raises "reentrant call"
-    in the reader's buffered file; urllib3's `shutdown()` (SHUT_RD) instead makes that read
-    return end-of-stream, and the reader closes the response, so Ollama sees the connection
-    close. A response read to its end has given its connection back to the pool already, and a
-    closed one has no socket left: then there is nothing to do.
+    in the reader's buffered file; `shutdown()` (SHUT_RD) instead makes that read return
+    end-of-stream, and the reader closes the response, so Ollama sees the connection close. A
+    response read to its end has given its connection back to the pool already, and a closed one
+    has no socket left: then there is nothing to do (`shutdown()` knows).
     """
-    if response.connection is None or response.closed:
-        return
     with contextlib.suppress(OSError, ValueError):  # ValueError: closed meanwhile (no socket to shut)
         response.shutdown()
 
@@ -406,12 +344,6 @@ def check_status(response: Response, content: bytes) -> None:
                           f"{response.headers.get('Location', '?')}, not followed): check OLLAMA_HOST",
                           upstream_status=status)
     raise OllamaError(f"Ollama: {error_text(content, status)}", upstream_status=status)
-
-
-@functools.lru_cache(maxsize=16)
-def _urllib3_timeout(timeout: Timeout) -> urllib3.Timeout:
-    connect_s, read_s = timeout
-    return urllib3.Timeout(connect=connect_s, read=read_s)
 
 
 def error_text(content: bytes, status: int) -> str:
@@ -451,15 +383,10 @@ def _root_causes(exc: BaseException) -> Iterator[BaseException]:
                 stack.append(nested)
 
 
-def _is_timeout(exc: BaseException) -> bool:
-    return any(isinstance(e, (TimeoutError, socket.timeout, urllib3.exceptions.ReadTimeoutError))
-               for e in _root_causes(exc))
-
-
 def _describe(exc: BaseException) -> str:
     """Say in a few words why a connection failed (refused, unknown host...)."""
     for cause in _root_causes(exc):
-        if isinstance(cause, (socket.gaierror, urllib3.exceptions.NameResolutionError)):
+        if isinstance(cause, socket.gaierror):
             return "cannot resolve the host name"
         if isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED:
             return "connection refused"
@@ -468,7 +395,6 @@ def _describe(exc: BaseException) -> str:
         if getattr(cause, "errno", None) in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return "no route to host"
     for cause in _root_causes(exc):
-        if isinstance(cause, (http.client.RemoteDisconnected, http.client.IncompleteRead,
-                              urllib3.exceptions.ProtocolError)):
+        if isinstance(cause, (http.client.RemoteDisconnected, http.client.IncompleteRead)):
             return "the connection closed before Ollama answered"
     return str(exc)[:200] or type(exc).__name__

@@ -128,7 +128,7 @@ def test_open_raw_streams_chunks_as_ollama_sends_them(client, fake_ollama):
 
 def test_open_raw_returns_error_statuses_untouched(client):
     response = client.open_raw("POST", "/api/show", body=b'{"model": "nope"}')
-    assert (response.status, response.json()) == (404, {"error": "model 'nope' not found"})
+    assert (response.status, json.loads(response.read())) == (404, {"error": "model 'nope' not found"})
     response.close()
 
 
@@ -139,7 +139,7 @@ def test_open_raw_sends_an_iterator_body_chunked(client, fake_ollama):
 
     response = client.open_raw("POST", "/api/embed", body=body(), headers={"Content-Type": "application/json"})
     assert response.status == 200
-    assert len(response.json()["embeddings"][0]) == 8
+    assert len(json.loads(response.read())["embeddings"][0]) == 8
     response.close()
     recorded = fake_ollama.requests("/api/embed")[0]
     assert recorded["headers"]["Transfer-Encoding"] == "chunked"
@@ -246,7 +246,7 @@ def test_fake_speaks_chat_embed_and_openai_endpoints(client, fake_ollama):
         response = client.open_raw(method, path, body=json.dumps(body).encode() if body is not None else None,
                                    headers={"Content-Type": "application/json"})
         with client.transport_errors():
-            content = response.data
+            content = response.read()
         response.close()
         return response.status, response.headers["Content-Type"], content.decode()
 
@@ -279,6 +279,28 @@ def test_streamed_bodies_are_decoded_whole_however_they_arrive_and_keep_the_conn
         response.close()
         assert [json.loads(line)["done"] for line in lines] == [False] * 40 + [True]
     assert client._pool.num_connections == 1  # each body read to its end gave the connection back
+
+
+def test_a_body_read_to_its_content_length_gives_the_connection_back(client):
+    """What the proxy does with a small answer: one read1 of the whole declared length, no read after."""
+    for _ in range(3):
+        response = client.open_raw("GET", "/api/tags")
+        assert not response.chunked and response.headers.get("Content-Length")
+        body = response.read1(1 << 20)
+        assert len(body) == int(response.headers["Content-Length"]) and response.closed
+        response.close()
+    assert client._pool.num_connections == 1 and len(client._pool._idle) == 1
+
+
+def test_a_response_closed_before_its_end_closes_its_connection(client, fake_ollama):
+    fake_ollama.set_behaviour(tokens=40)
+    response = client.open_raw("POST", "/api/generate", body=b'{"model": "llama3.2", "prompt": "hi"}')
+    with client.transport_errors():
+        assert response.read1(5)
+    response.close()
+    assert client._pool._idle == []
+    assert client.version() == "0.6.8"
+    assert client._pool.num_connections == 2
 
 
 def _serve_once(head_and_body_parts):
@@ -333,27 +355,36 @@ def test_malformed_or_cut_chunking_is_a_broken_connection(wire):
     ollama.close()
 
 
-def test_a_pooled_connection_ollama_closed_is_seen_without_the_green_select(client):
-    """The pool's liveness check asks poll(2): open while silent, closed once Ollama hangs up or sends."""
-    connection = client._pool.ConnectionCls("127.0.0.1", 9)
-    assert not connection.is_connected  # never connected
+@pytest.mark.parametrize("peer", ["sends", "hangs up"])
+def test_a_pooled_connection_ollama_closed_is_not_reused(client, peer):
+    """The pool's liveness check (poll(2)): an idle connection is reused while silent, dropped once
+    Ollama hangs up or sends bytes nobody asked for."""
+    pool = client._pool
+    connection = pool._take()
     ours, theirs = socket.socketpair()
     try:
         connection.sock = ours
-        assert connection.is_connected
-        theirs.sendall(b"x")  # an idle keep-alive connection with bytes waiting is not reusable
-        wait_until(lambda: not connection.is_connected, 2)
+        pool._give_back(connection)
+        assert pool._take() is connection  # silent: reused
+        pool._give_back(connection)
+        if peer == "sends":
+            theirs.sendall(b"x")
+        else:
+            theirs.close()
+        fresh = pool._take()
+        assert fresh is not connection and fresh.sock is None  # a new connection, not yet opened
+        assert connection.sock is None  # the dead one was closed
+        assert pool._idle == []
     finally:
-        connection.sock = None
         ours.close()
         theirs.close()
 
 
 def test_a_request_after_ollama_closed_the_idle_connection_succeeds(client, fake_ollama):
     assert client.version() == "0.6.8"
-    for conn in list(client._pool.pool.queue):  # what a restarted or idle-timing-out Ollama does
-        if conn is not None and conn.sock is not None:
-            conn.sock.shutdown(socket.SHUT_RDWR)
+    assert client._pool._idle
+    for conn in client._pool._idle:  # what a restarted or idle-timing-out Ollama does
+        conn.sock.shutdown(socket.SHUT_RDWR)
     assert client.version() == "0.6.8"
 
 
@@ -374,7 +405,7 @@ class _RecordingSocket:
                          ids=["bytes body: one send", "no body", "streamed body: chunked as before"])
 def test_a_request_with_a_bytes_body_leaves_in_one_send(client, body, sends):
     """Header block and body in one send(): Ollama reads the whole request on one wake-up."""
-    connection = client._pool.ConnectionCls("127.0.0.1", 9)
+    connection = client._pool._take()
     connection.sock = recorder = _RecordingSocket()
     connection.auto_open = 0
     connection.request("POST", "/api/generate", body=body, headers={"Content-Type": "application/json"})
