@@ -2,8 +2,9 @@
 
     python -m bench.floor_proxy PORT OLLAMA_URL
 
-eventlet.wsgi serving one Flask route that forwards `/ollama/<path>` to Ollama through one urllib3
-pool and relays the body as it arrives (`read1`, what one receive brought), in the request's own
+eventlet.wsgi serving one Flask route that forwards `/ollama/<path>` to Ollama through one pool of
+http.client connections (ollama_client/transport.py, the connection layer OllamaClient uses, with
+none of OllamaClient's checks) and relays the body as it arrives (`read1`), in the request's own
 green thread, as the dashboard's relay does. None of the dashboard's own work: no credentials, no
 allowlist, no body limit, no Socket.IO middleware, no security headers, no usage meter, no hooks.
 
@@ -23,14 +24,15 @@ import eventlet  # noqa: E402
 eventlet.monkey_patch()
 
 import eventlet.wsgi  # noqa: E402
-import urllib3  # noqa: E402
 from flask import Flask, Response, request  # noqa: E402
+
+from ollama_client.transport import Pool  # noqa: E402
 
 READ_CHUNK_BYTES = 64 * 1024
 
 
 def create_app(ollama_url: str) -> Flask:
-    pool = urllib3.connection_from_url(ollama_url, maxsize=64, block=False)
+    pool = Pool(ollama_url, maxsize=64)
     app = Flask(__name__)
 
     @app.route("/ollama/<path:rest>", methods=["GET", "POST"])
@@ -39,15 +41,14 @@ def create_app(ollama_url: str) -> Flask:
         headers = {"Accept-Encoding": "identity"}
         if request.content_type:
             headers["Content-Type"] = request.content_type
-        upstream = pool.urlopen(request.method, "/" + rest, body=body, headers=headers, retries=False,
-                                redirect=False, preload_content=False, decode_content=False)
+        upstream = pool.request(request.method, "/" + rest, body=body, headers=headers, timeout=(5.0, 30.0))
 
         def relay():
             try:
                 while data := upstream.read1(READ_CHUNK_BYTES):
                     yield data
             finally:
-                upstream.release_conn()
+                upstream.close()
 
         response = Response(relay(), status=upstream.status, direct_passthrough=True,
                             content_type=upstream.headers.get("Content-Type"))
