@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import socket
-import ssl
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
@@ -102,8 +101,6 @@ class OllamaClient:
             raise self._unavailable(f"no connection within {timeout[0] if timeout else '?'} s", exc) from None
         except transport.ConnectError as exc:  # refused, unknown host, no route
             raise self._unavailable(_describe(exc), exc) from None
-        except ssl.SSLError as exc:
-            raise self._unavailable(f"TLS failed: {exc.reason or exc}", exc) from None
         except (TimeoutError, socket.timeout):  # read timeouts: silent after connecting
             read_s = timeout[1] if timeout else None
             within = f" within {read_s:g} s" if read_s else ""

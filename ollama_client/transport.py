@@ -24,7 +24,7 @@ import concurrency
 
 
 class ConnectError(OSError):
-    """No connection could be opened (refused, unknown host, no route); the cause is chained."""
+    """No connection could be opened (refused, unknown host, no route, TLS); the cause is chained."""
 
 
 class ConnectTimeout(ConnectError):
@@ -130,9 +130,7 @@ class Pool:
             conn.connect()
         except (TimeoutError, socket.timeout) as exc:
             raise ConnectTimeout(f"no connection within {connect_s:g} s") from exc
-        except ssl.SSLError:
-            raise  # a TLS failure is not "nothing answers"
-        except OSError as exc:
+        except OSError as exc:  # a failed TLS handshake too
             raise ConnectError(str(exc)) from exc
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.num_connections += 1
@@ -166,7 +164,11 @@ class UpstreamResponse:
         self.status: int = raw.status
         self.headers: http.client.HTTPMessage = raw.headers
         self.chunked: bool = bool(raw.chunked)
-        self.closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Read to its end or closed: either way its connection is no longer this response's."""
+        return self._conn is None
 
     def read1(self, size: int) -> bytes:
         """Return what one receive brings (for a chunked body, at most the rest of one chunk)."""
@@ -187,7 +189,6 @@ class UpstreamResponse:
         """The body has ended: its connection is reusable unless Ollama said it closes it or
         the read was cut short by shutdown()."""
         conn, self._conn = self._conn, None
-        self.closed = True
         if conn is None:
             return
         self.raw.close()  # at the end already (a HEAD or 204 answer leaves it open): frees the connection
@@ -206,7 +207,6 @@ class UpstreamResponse:
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
-        self.closed = True
         if conn is not None:
             conn.close()  # the body was not read to its end: this connection cannot carry another
         self.raw.close()
