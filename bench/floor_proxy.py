@@ -3,7 +3,7 @@
     python -m bench.floor_proxy PORT OLLAMA_URL
 
 eventlet.wsgi serving one Flask route that forwards `/ollama/<path>` to Ollama through one pool of
-http.client connections (ollama_client/transport.py, the connection layer OllamaClient uses, with
+keep-alive connections (ollama_client/transport.py, the connection layer OllamaClient uses, with
 none of OllamaClient's checks) and relays the body as it arrives (`read1`), in the request's own
 green thread, as the dashboard's relay does. None of the dashboard's own work: no credentials, no
 allowlist, no body limit, no Socket.IO middleware, no security headers, no usage meter, no hooks.

@@ -1,7 +1,7 @@
 """2. Proxy: streaming /api/generate through /ollama against direct to the fake, nginx and the bare stack.
 
 Four ways: direct to the fake; nginx; the bare stack (bench/floor_proxy.py: eventlet.wsgi, Flask and
-http.client forwarding with nothing of the dashboard's own work, the floor of any proxy built on them);
+upstream forwarding (ollama_client/transport.py) with nothing of the dashboard's own work, the floor of any proxy built on them);
 the dashboard. The fake Ollama and the load generator share the load core; the proxy under test
 (the dashboard, nginx or the bare stack) has the other core. Every repetition runs each way in turn, so each ratio compares
 figures taken seconds apart.
@@ -166,7 +166,7 @@ def run_stream_floor(fake, targets: dict[str, tuple[str, str | None]]) -> dict[s
     the proxy; these two measure the first line without it, each way in turn, order alternating:
     a single user at 100 tokens/s (the fake sleeps between tokens, so the load core is free), and
     full speed with the fake yielding the core (fake_yields). The bare stack's figure here is the
-    streamed first line's floor: eventlet.wsgi, Flask and http.client with nothing of the dashboard's.
+    streamed first line's floor: eventlet.wsgi, Flask and the upstream connection layer with nothing of the dashboard's.
     """
     result: dict[str, Any] = {}
     for label, tokens, interval, idle in FLOOR_CASES:
@@ -265,7 +265,7 @@ print((time.process_time() - started) / {n} * 1e6)
 
 def run_client(url: str) -> dict[str, Any]:
     """The client half of a proxied request alone: CPU of one `GET /api/tags` sent through the
-    server's own OllamaClient (http.client, ollama_client/transport.py), in a process started as app.py is, on the
+    server's own OllamaClient (ollama_client/transport.py, httptools), in a process started as app.py is, on the
     server's core, one request at a time, the body read to its end.
 
     A proxied request is two HTTP exchanges in Python, the one it serves and the one it makes;

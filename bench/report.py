@@ -127,7 +127,7 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
             fig = (f"{signed(px['added_p50_ms'])} ms first line, {m(px['ratio'], 2)}× lines/s"
                    + (f", {m(cpu, 0)} µs CPU a request" if cpu else "")
                    + f" (nginx {signed(row['nginx']['added_p50_ms'])} ms, {m(row['nginx']['ratio'], 2)}×"
-                   + (f"; bare eventlet + Flask + http.client {signed(bare['added_p50_ms'])} ms, {m(bare['ratio'], 2)}×"
+                   + (f"; bare eventlet + Flask + transport {signed(bare['added_p50_ms'])} ms, {m(bare['ratio'], 2)}×"
                       if bare else "") + ")"
                    + (stream_floor_note(p) or floor_note if streams == "1" else ""))
             what = (f"8 streams at {1 / p['paced_interval_s']:.0f} tokens/s each" if streams == "8 paced"
@@ -151,7 +151,7 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
                      f"≥ {t['target_health_ratio']}×",
                      f"{m(ratio, 2)}× ({ratio['min']:.2f}–{ratio['max']:.2f}), {m(t['proxy']['ratio'], 2)}× direct, "
                      f"{m(t['proxy']['cpu_us_per_request'], 0)} µs CPU a request (nginx {m(t['nginx']['ratio'], 2)}× direct"
-                     + (f"; bare eventlet + Flask + http.client {m(bare, 2)}× `/health`" if bare else "") + ")",
+                     + (f"; bare eventlet + Flask + transport {m(bare, 2)}× `/health`" if bare else "") + ")",
                      floor_verdict(ratio["median"] >= t["target_health_ratio"],
                                    bare["median"] >= t["target_health_ratio"] if bare else None)])
     mem = r.get("memory")
@@ -360,7 +360,7 @@ answer as fast as it can (one chunk per NDJSON line, `TCP_NODELAY`); "8 paced" i
 {x.get('paced_tokens')} tokens at {1 / x.get('paced_interval_s', 1):.0f} tokens/s each, a fast model as a user meets it. Four ways in turn, order
 alternating: **direct** to the fake; **nginx** (`proxy_buffering off`, upstream keep-alive, one worker on the
 server core); **bare**, the floor: `bench/floor_proxy.py`, the libraries the proxy is made of (eventlet.wsgi,
-Flask, http.client) set up for streaming as the server is and doing nothing else (no credentials, allowlist,
+Flask, the server's own upstream connections, ollama_client/transport.py) set up for streaming as the server is and doing nothing else (no credentials, allowlist,
 limits, middleware, hooks or usage meter), on the server core; the dashboard's **proxy** as shipped. Time to first line is measured from the request's send
 to the recv that completed the first line. "CPU a request" is the proxy's own CPU time (user +
 system) per proxied request, which waiting on the shared machine does not inflate.
@@ -411,14 +411,14 @@ p50 {m(fl['direct_p50_ms'], 3)} ms; this server's `/health` p50 {m(fl['health_p5
 adds **{signed(fl['health_added_ms'])} ms** before doing anything of its own (eventlet.wsgi, Flask, the hooks: the
 Python that nginx's C does not run); a proxied `GET /api/tags` p50 {m(fl['proxy_p50_ms'], 3)} ms, adding
 {signed(fl['proxy_added_ms'])} ms (that floor plus an authenticated request and one upstream round trip through
-http.client){bare_tags(fl)}. A proxied first line takes that same path (the request, one upstream round
+ollama_client/transport.py){bare_tags(fl)}. A proxied first line takes that same path (the request, one upstream round
 trip, the relay). {floor_against_target(x, fl)}
 """)
         cl = t.get("client")
         if cl and "cpu_us_per_request" in t.get("health", {}):
             health_us, client_us = t["health"]["cpu_us_per_request"]["median"], cl["cpu_us_per_request"]["median"]
-            lines.append(f"""The client half alone: one `GET /api/tags` sent through the server's own `OllamaClient` (http.client,
-ollama_client/transport.py), in a process started as `app.py` is, on the server's core, one at a time, costs
+            lines.append(f"""The client half alone: one `GET /api/tags` sent through the server's own `OllamaClient` (its own
+connections, responses parsed by httptools: ollama_client/transport.py), in a process started as `app.py` is, on the server's core, one at a time, costs
 **{m(cl['cpu_us_per_request'], 0)} µs** of CPU; `/health` costs {health_us:.0f} µs a request under wrk. A proxied request is the
 one the server answers plus the one it makes, so with nothing else its req/s could reach about
 {health_us:.0f} ÷ ({health_us:.0f} + {client_us:.0f}) = **{health_us / (health_us + client_us):.2f}×** `/health`: that is the ceiling the proxy's own
@@ -446,7 +446,7 @@ def bare_paragraph(x: dict[str, Any]) -> str:
         parts.append(f"{case}: the bare stack adds {floor:+.2f} ms where nginx adds "
                      f"{nginx['added_p50_ms']['median']:+.2f} ms, and the dashboard {own:+.2f} ms over the bare stack")
     return ("Where the added first line goes (medians): " + "; ".join(parts) + ". The bare stack's figure is what "
-            "eventlet.wsgi, Flask and http.client cost on this machine before any of the dashboard's own work (the "
+            "eventlet.wsgi, Flask and the upstream connection layer cost on this machine before any of the dashboard's own work (the "
             "credential check, the allowlist, the body limit, the hooks, the usage meter); a target under it "
             "cannot be met by any proxy built on them, which the user's fixed stack (Flask-SocketIO on eventlet) "
             "is.\n")
@@ -507,7 +507,7 @@ client has nothing to do).
     lines.append("")
     lines.append("Away from the burst (medians): " + "; ".join(parts) + ". The bare stack's figure is the streamed "
                  "first line's floor on this machine: the request parsed by eventlet.wsgi, routed by Flask, sent on "
-                 "and its answer's head parsed by http.client, the first chunk written, in Python, where "
+                 "and its answer's head parsed (httptools), the first chunk written, in Python, where "
                  "nginx's C does the same in a fraction of the time.\n")
     return "\n".join(lines)
 
@@ -863,23 +863,23 @@ instead of a pump green thread handing batches to the writer: one hub wake-up an
 every receive; a slow client blocks the write and so the next upstream read (the backlog stays in the
 kernels' socket buffers), `PROXY_TIMEOUT_SECONDS` of silence still ends the stream from the read, and
 a failed write closes the generator, whose `finally` closes the upstream request. (2) What one
-receive brought still leaves in one write: http.client hands a chunked body back one chunk (one
-NDJSON line) at a time, so `arrived_probe` (ollama_client/client.py, the one adapter that reaches
-http.client's buffered reader, with a chunk-by-chunk fallback) peeks without waiting whether the
-next chunk is already there. (3) Before reusing a pooled connection urllib3 asks whether Ollama closed
-it through `select()`, which under eventlet is the hub's green select (a timer, two switches; ~10 % of
-a small proxied request's CPU in py-spy); the pool's connection class now asks poll(2) directly
-(`concurrency.readable_now`). (4) urllib3 itself is gone from the path: its retries, redirects,
-proxies, decoding and its own response and header classes were all off yet cost ~80–130 µs of CPU a
-request (measured in-process, one `GET /api/tags` at a time: user CPU 255 µs through urllib3, 140 µs
-through http.client alone, 30 µs for the bare socket exchange); `OllamaClient` now keeps its own
-LIFO pool of http.client connections (ollama_client/transport.py: liveness by poll(2), separate
-connect and read timeouts, a bytes body in one send, a response that gives its connection back once
-read to its end).{proxy_fig}{tags_fig} What is left is Python work that nginx does in C:
+receive brought leaves in one write: each read hands back all the de-chunked body of one receive
+(many NDJSON lines at full speed). (3) Before reusing a pooled connection urllib3 asked whether Ollama
+closed it through `select()`, which under eventlet is the hub's green select (a timer, two switches;
+~10 % of a small proxied request's CPU in py-spy); the pool asks poll(2) directly
+(`concurrency.readable_now`). (4) urllib3 and then http.client are gone from the path: their retries,
+redirects, proxies and decoding were all off, yet their Python-level response parsing (a buffered
+reader, header lines through the `email` package, de-chunking line by line) was most of the client
+half's CPU (measured in-process, one `GET /api/tags` at a time, user CPU: 255 µs through urllib3, ~170
+through http.client, ~70 now). `OllamaClient` keeps its own LIFO pool of connections
+(ollama_client/transport.py: liveness by poll(2), separate connect and read timeouts, the request head
+built from validated parts and sent with its body in one `sendall()`) and feeds each receive to
+httptools (llhttp, the C parser Node.js and uvicorn use), which calls back with the status, each
+header and each de-chunked piece of body.{proxy_fig}{tags_fig} What is left is Python work that nginx does in C:
 per request eventlet.wsgi parsing the request (headers through the `email` package), Flask's context,
-routing and hooks, the credential check, http.client sending the upstream request and parsing
-Ollama's status and headers (`email` again, ~10 % of a proxied `/api/tags` in py-spy); per receive a
-wake-up of eventlet's hub, a de-chunk, a re-chunk and a `send()`. Such a wake-up of a process that
+routing and hooks, the credential check, the upstream request's head built and its answer's
+callbacks; per receive a wake-up of eventlet's hub (a green wait: register, switch, poll, switch
+back), a re-chunk and a `send()`. Such a wake-up of a process that
 was idle even for a millisecond costs ~0.2–0.6 ms of CPU on this shared 2-vCPU machine (cold caches),
 which is what keeps the paced first line several ms behind nginx.
 {metrics_text}{fleet_text}"""

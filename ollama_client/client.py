@@ -6,21 +6,21 @@ Every call goes through `_request_raw`, which turns transport failures into exac
 Ollama becomes `OllamaError` carrying Ollama's status and its `error` text (typed methods only;
 `open_raw` hands every status back untouched, for the proxy).
 
-The connections are http.client's, pooled by ollama_client.transport, not urllib3's or
-`requests`': a proxied request is on the hot path, and their features (retries, redirects, proxies
-from HTTP(S)_PROXY, .netrc, decoding) are all off here yet cost a small proxied request ~80–130 µs of
-CPU (`requests` about a millisecond). Each call sends exactly one request and follows nothing.
+The connections are ollama_client.transport's (requests written there, responses parsed by
+httptools), not urllib3's or `requests`': a proxied request is on the hot path, and their features
+(retries, redirects, proxies from HTTP(S)_PROXY, .netrc, decoding) are all off here, yet their
+Python-level parsing cost a small proxied request 4–7× the CPU of the whole client half now
+(`requests` about a millisecond). Each call sends exactly one request and follows nothing.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import http.client
-import io
 import json
 import logging
 import socket
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 from urllib.parse import urlsplit
 
 import concurrency
@@ -265,46 +265,12 @@ def iter_body(response: Response, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterat
 
     Read inside `transport_errors`. A body read to its end gives its connection back to the pool.
     """
-    # read() would wait for chunk_bytes or the end. read1() returns what is there: for a chunked
-    # body (Ollama sends every NDJSON line as a chunk of its own) at most the rest of one chunk,
-    # de-chunked by http.client, so each line goes on the moment it arrives. The response gives its
-    # connection back to the pool once the body has been read to its end.
+    # Each read1() returns all the body one receive brought, de-chunked (Ollama sends every NDJSON
+    # line as a chunk of its own; at full speed one receive holds many), and waits only when
+    # nothing has arrived: a line goes on the moment it arrives, lines that came together go
+    # together.
     while data := response.read1(chunk_bytes):
         yield data
-
-
-def arrived_probe(response: Response) -> Callable[[], bool] | None:
-    """Return a callable that tells whether more of `response`'s body can be read without waiting.
-
-    The proxy joins what has already arrived into one downstream write. http.client hands a
-    chunked body back one chunk (one NDJSON line) at a time, though one receive often brought many;
-    whether more is there is a question for the response's buffered reader (http.client's
-    `HTTPResponse.fp`, not documented) and its socket. This is the one place that reaches for
-    them; it checks their shapes and answers None (relay chunk by chunk) when they are not as expected.
-    """
-    sock = getattr(response, "sock", None)
-    buffered = getattr(getattr(response, "raw", None), "fp", None)
-    if not (isinstance(buffered, io.BufferedReader) and hasattr(sock, "settimeout")
-            and hasattr(sock, "gettimeout") and hasattr(sock, "fileno")):
-        return None
-
-    def more_arrived() -> bool:
-        # peek() returns what the reader holds without a receive; with the socket non-blocking an
-        # empty buffer takes what the socket has, or answers b"" instead of waiting.
-        timeout = sock.gettimeout()
-        sock.setblocking(False)
-        try:
-            held = buffered.peek(1)
-        except (OSError, ValueError):
-            return False  # closed under us: the next read reports it
-        finally:
-            sock.settimeout(timeout)
-        # A leading CRLF ends the chunk just read; past it, only a whole chunk-size line means
-        # the next read will not wait for Ollama. Anything less: write what we have (always safe).
-        after = held[2:] if held.startswith(b"\r\n") else held
-        return b"\n" in after
-
-    return more_arrived
 
 
 def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -321,11 +287,12 @@ def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 def abort_response(response: Response) -> None:
     """Shut down a streamed response's socket, waking a green thread blocked reading it.
 
-    Closing the response from another green thread while one reads it raises "reentrant call"
-    in the reader's buffered file; `shutdown()` (SHUT_RD) instead makes that read return
-    end-of-stream, and the reader closes the response, so Ollama sees the connection close. A
-    response read to its end has given its connection back to the pool already, and a closed one
-    has no socket left: then there is nothing to do (`shutdown()` knows).
+    Closing the socket under a green thread blocked on it would leave that thread waiting on a
+    descriptor that may be reused; `shutdown()` (SHUT_RD) instead makes that read see the stream
+    end (a broken response, OllamaUnavailableError), and the reader closes the response, so
+    Ollama sees the connection close. A response read to its end has given its connection back to
+    the pool already, and a closed one has no socket left: then there is nothing to do
+    (`shutdown()` knows).
     """
     with contextlib.suppress(OSError, ValueError):  # ValueError: closed meanwhile (no socket to shut)
         response.shutdown()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from flask import Blueprint, Flask, Response, request
 from werkzeug.routing import BaseConverter
@@ -24,7 +24,8 @@ from werkzeug.routing import BaseConverter
 from auth.credentials import current_principal
 from auth.permissions import INFER, require
 from errors import ApiError, BadRequestError, OllamaTimeoutError, OllamaUnavailableError, PayloadTooLargeError
-from ollama_client.client import arrived_probe, iter_body
+from ollama_client.client import iter_body
+from ollama_client.transport import sendable_field_value
 from ollama_client.proxy_paths import PREFIX, Refusal, allowed_methods, resolve, usage_endpoint
 import services as services_module
 from usage.log import Usage
@@ -49,8 +50,6 @@ RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control")
 # case for chat and generate); larger or still-arriving ones are streamed up chunked.
 SMALL_BODY_BYTES = 64 * 1024
 READ_CHUNK_BYTES = 64 * 1024
-# Most of Ollama's answer joined into one downstream write.
-MAX_BATCH_BYTES = 256 * 1024
 
 
 class _AnyPath(BaseConverter):
@@ -105,6 +104,9 @@ def _forward() -> Response:
     environ = request.environ
     headers = {name: value for name, value in
                ((name, environ.get(_ENVIRON_KEYS[name])) for name in names) if value is not None}
+    if not sendable_field_value("".join(headers.values())):
+        bad = next(name for name, value in headers.items() if not sendable_field_value(value))
+        raise BadRequestError(f"the {bad} header holds a control character; it cannot be forwarded")
     # Ask for the bytes as they are: nothing to decode, nothing to re-encode, no buffering.
     headers["Accept-Encoding"] = "identity"
     timeout = (config.proxy_timeout_s, config.proxy_timeout_s)
@@ -144,7 +146,7 @@ def _forward() -> Response:
         response = Response(first, status=upstream.status)
         _copy_response_headers(upstream, response, length)
         return response
-    response = Response(meter.wrap(_relay(client, timeout, upstream, first, chunks, arrived_probe(upstream), length)),
+    response = Response(meter.wrap(_relay(client, timeout, upstream, first, chunks, length)),
                         status=upstream.status,
                         direct_passthrough=True)
     _copy_response_headers(upstream, response, length)
@@ -253,7 +255,7 @@ class _BodyReader:
 
 
 def _relay(client, timeout, upstream, first: bytes, chunks: Iterator[bytes],
-           more_arrived: Callable[[], bool] | None = None, length: int | None = None) -> Iterator[bytes]:
+           length: int | None = None) -> Iterator[bytes]:
     """Pass Ollama's body on as it comes, in the request's own green thread.
 
     Each chunk is read and written by the same green thread, with nothing held in between, so:
@@ -263,33 +265,18 @@ def _relay(client, timeout, upstream, first: bytes, chunks: Iterator[bytes],
     fails the write, the server closes this generator, and the `finally` closes the upstream
     connection, which tells Ollama to stop generating. A separate reader thread (the pump this
     replaces) cost a hub wake-up and a green-thread switch per receive, ~+9 ms on the first line
-    with 8 paced streams. `more_arrived` (ollama_client.client.arrived_probe) lets the chunks that
-    one receive brought leave in one write, as the pump did. With the body's `length` known, the
-    relay ends once that much has passed, without a last read to find the end.
+    with 8 paced streams. A chunk is all that one upstream receive brought (iter_body), so lines
+    that arrived together leave in one write. With the body's `length` known, the relay ends once
+    that much has passed, without a last read to find the end.
     """
     sent = len(first)
     try:
         if first:
             yield first
         with client.transport_errors(timeout):
-            if more_arrived is None:
-                for chunk in chunks:
-                    yield chunk
-                    sent += len(chunk)
-                    if length is not None and sent >= length:
-                        return
-                return
             for chunk in chunks:
-                # One write for all that has arrived: at full speed one receive brings many lines.
-                batch, size = [chunk], len(chunk)
-                while size < MAX_BATCH_BYTES and more_arrived():
-                    chunk = next(chunks, b"")
-                    if not chunk:
-                        break
-                    batch.append(chunk)
-                    size += len(chunk)
-                yield batch[0] if len(batch) == 1 else b"".join(batch)
-                sent += size
+                yield chunk
+                sent += len(chunk)
                 if length is not None and sent >= length:
                     return
     except (OllamaTimeoutError, OllamaUnavailableError) as exc:

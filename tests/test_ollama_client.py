@@ -3,14 +3,17 @@ import hashlib
 import http.client
 import json
 import socket
+import ssl
 import statistics
 import time
 
 import pytest
 
 import concurrency
+from tests.fakes.fake_registry import make_certificate
 from tests.live import wait_until
 from errors import OllamaError, OllamaTimeoutError, OllamaUnavailableError
+from ollama_client import transport
 from ollama_client.client import OllamaClient, iter_body, iter_lines
 
 
@@ -303,7 +306,7 @@ def test_a_response_closed_before_its_end_closes_its_connection(client, fake_oll
     assert client._pool.num_connections == 2
 
 
-def _serve_once(head_and_body_parts):
+def _serve_once(head_and_body_parts, tls: ssl.SSLContext | None = None):
     """Answer one request on a fresh port with these raw bytes (sent piece by piece); return its URL."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -311,7 +314,14 @@ def _serve_once(head_and_body_parts):
 
     def answer():
         conn, _ = listener.accept()
-        with conn, listener:
+        with listener:
+            if tls is not None:
+                try:
+                    conn = tls.wrap_socket(conn, server_side=True)
+                except (ssl.SSLError, OSError):  # the client refused our certificate
+                    conn.close()
+                    return
+        with conn:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             received = b""
             while b"\r\n\r\n" not in received:
@@ -321,7 +331,31 @@ def _serve_once(head_and_body_parts):
                 time.sleep(0.002)  # separate receives on the client's side
 
     concurrency.spawn(answer)
-    return f"http://127.0.0.1:{listener.getsockname()[1]}"
+    return f"{'https' if tls else 'http'}://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def _tls_server_context(tmp_path):
+    cert, key = make_certificate(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return cert, context
+
+
+def test_an_https_ollama_host_is_spoken_to_over_verified_tls(tmp_path, monkeypatch):
+    cert, context = _tls_server_context(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the system's trust store, as a user would add a CA
+    ollama = OllamaClient(_serve_once([b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n", b'{"version": "0.6.8"}'],
+                                      tls=context))
+    assert ollama.version() == "0.6.8"
+    ollama.close()
+
+
+def test_an_https_ollama_host_with_an_untrusted_certificate_is_unreachable_and_says_why(tmp_path):
+    _cert, context = _tls_server_context(tmp_path)
+    ollama = OllamaClient(_serve_once([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"], tls=context))
+    with pytest.raises(OllamaUnavailableError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        ollama.version()
+    ollama.close()
 
 
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -352,6 +386,70 @@ def test_malformed_or_cut_chunking_is_a_broken_connection(wire):
             for _ in iter_body(response):
                 pass
     response.close()
+    ollama.close()
+
+
+def _answer(parts, method="GET"):
+    """Open one request against a server that sends `parts`; return (client, response, body read to its end)."""
+    ollama = OllamaClient(_serve_once(parts))
+    response = ollama.open_raw(method, "/api/version")
+    with ollama.transport_errors():
+        body = response.read()
+    return ollama, response, body
+
+
+@pytest.mark.parametrize("parts, method, body, reused", [
+    ([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"], "HEAD", b"", True),  # a HEAD answer has no body
+    ([b"HTTP/1.1 204 No Content\r\n\r\n"], "DELETE", b"", True),
+    ([b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"], "GET", b"", True),
+    ([b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"], "POST", b"ok", True),
+    ([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"], "GET", b"ok", False),
+    ([b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"], "GET", b"ok", False),
+    ([b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil ", b"the end"], "GET", b"until the end", False),
+    ([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n"], "GET", b"ok", False),  # unasked-for bytes
+    ([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"], "GET", b"ok", True),
+], ids=["HEAD", "204", "304", "100 Continue skipped", "Connection: close", "HTTP/1.0", "body until close",
+        "bytes after the answer", "keep-alive"])
+def test_each_way_a_response_can_end_is_read_to_its_end_and_reused_only_when_safe(parts, method, body, reused):
+    ollama, response, read = _answer(parts, method)
+    status = int([part for part in parts if part.startswith(b"HTTP/")][-1][9:12])
+    assert (response.status, read, response.closed) == (status, body, True)
+    assert len(ollama._pool._idle) == (1 if reused else 0)
+    ollama.close()
+
+
+def test_a_status_and_its_headers_are_parsed_case_insensitively_and_repeats_kept():
+    ollama, response, body = _answer([b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n"
+                                      b"X-Seen: 1\r\nX-Seen: 2\r\nContent-Length: 2\r\n\r\n{}"])
+    assert (response.status, body) == (404, b"{}")
+    assert response.headers["Content-Type"] == response.headers.get("CONTENT-TYPE") == "application/json"
+    assert response.headers["x-seen"] == "1, 2" and "content-length" in response.headers
+    assert 5 not in response.headers and response.headers.get("Location") is None
+    ollama.close()
+
+
+@pytest.mark.parametrize("parts, method", [
+    ([], "GET"),  # hangs up without a word
+    ([b"HTTP/1.1 200 OK\r\nContent-Le"], "GET"),  # inside the head
+    ([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"], "GET"),  # inside the body
+    ([b"HTTP/1.1 2000 OK\r\n\r\n"], "GET"),
+    ([b"SSH-2.0-OpenSSH_9.6\r\n"], "GET"),  # not HTTP at all
+    ([b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok"], "GET"),  # ambiguous framing
+    ([b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"], "GET"),
+], ids=["no answer", "cut head", "cut body", "bad status", "not HTTP", "two lengths", "unasked-for upgrade"])
+def test_a_broken_or_foreign_answer_is_ollama_unavailable_never_a_crash(parts, method):
+    with pytest.raises(OllamaUnavailableError, match="not reachable"):
+        _answer(parts, method)
+
+
+def test_lines_that_arrive_together_are_read_together():
+    """What the relay writes downstream in one go: all the de-chunked body of one receive."""
+    lines = b"".join(b"%X\r\n%s\r\n" % (len(line), line) for line in [b'{"n": %d}\n' % i for i in range(50)])
+    ollama = OllamaClient(_serve_once([CHUNKED_HEAD + lines, b"0\r\n\r\n"]))
+    response = ollama.open_raw("POST", "/api/generate", body=b"{}")
+    with ollama.transport_errors():
+        first, rest = response.read1(1 << 16), response.read()
+    assert first.count(b"\n") == 50 and rest == b"" and response.closed
     ollama.close()
 
 
@@ -389,34 +487,78 @@ def test_a_request_after_ollama_closed_the_idle_connection_succeeds(client, fake
 
 
 class _RecordingSocket:
-    """A socket that records every send (and sends nothing)."""
+    """A connected socket that records every send and answers with `answer` (one canned response)."""
 
-    def __init__(self):
+    def __init__(self, answer: bytes):
         self.sent: list[bytes] = []
+        self._answer = answer
+        self._ours, self._theirs = socket.socketpair()  # a real descriptor, silent, for the liveness check
 
     def sendall(self, data):
         self.sent.append(bytes(data))
 
+    def recv(self, size):
+        data, self._answer = self._answer[:size], self._answer[size:]
+        return data
+
     def settimeout(self, timeout):
         pass
 
+    def fileno(self):
+        return self._ours.fileno()
 
-@pytest.mark.parametrize("body, sends", [(b'{"model": "m"}', 1), (None, 1), ([b"a", b"b"], 4)],
-                         ids=["bytes body: one send", "no body", "streamed body: chunked as before"])
+    def close(self):
+        self._ours.close()
+        self._theirs.close()
+
+
+def _pooled_recorder(client, answer=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"):
+    connection = transport.Connection()
+    connection.sock = recorder = _RecordingSocket(answer)
+    client._pool._idle.append(connection)
+    return recorder
+
+
+@pytest.mark.parametrize("body, sends", [(b'{"model": "m"}', 1), (None, 1), ([b"a", b"", b"b"], 4)],
+                         ids=["bytes body: one send", "no body", "streamed body: chunked"])
 def test_a_request_with_a_bytes_body_leaves_in_one_send(client, body, sends):
     """Header block and body in one send(): Ollama reads the whole request on one wake-up."""
-    connection = client._pool._take()
-    connection.sock = recorder = _RecordingSocket()
-    connection.auto_open = 0
-    connection.request("POST", "/api/generate", body=body, headers={"Content-Type": "application/json"})
+    recorder = _pooled_recorder(client)
+    response = client.open_raw("POST", "/api/generate", body=body, headers={"Content-Type": "application/json"})
+    assert response.read() == b"{}"
     assert len(recorder.sent) == sends
     wire = b"".join(recorder.sent)
     head, _, rest = wire.partition(b"\r\n\r\n")
-    assert head.startswith(b"POST /api/generate HTTP/1.1\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /api/generate HTTP/1.1"
+    assert b"Content-Type: application/json" in lines and b"Accept-Encoding: identity" in lines
     if isinstance(body, bytes):
-        assert rest == body and f"Content-Length: {len(body)}".encode() in head
+        assert rest == body and f"Content-Length: {len(body)}".encode() in lines
     elif body is None:
-        assert rest == b""
+        assert rest == b"" and b"Content-Length: 0" in lines  # a bodiless POST still says so
     else:
-        assert rest == b"1\r\na\r\n1\r\nb\r\n0\r\n\r\n"
-    connection.sock = None
+        assert rest == b"1\r\na\r\n1\r\nb\r\n0\r\n\r\n" and b"Transfer-Encoding: chunked" in lines
+    assert client._pool._idle  # read to its end: back in the pool
+    client.close()
+
+
+@pytest.mark.parametrize("headers", [{"X-A": "a\r\nX-Injected: 1"}, {"X-A": "a\nb"}, {"X-A": "a\x00"},
+                                     {"Bad Name": "a"}, {"X-A\r\nB": "a"}, {"Content-Length": "5"},
+                                     {"Transfer-Encoding": "chunked"}, {"host": "elsewhere"},
+                                     {"Connection": "upgrade"}, {"X-A": "\u20ac"}])
+def test_a_header_that_would_change_the_framing_never_reaches_the_wire(client, headers):
+    recorder = _pooled_recorder(client)
+    with pytest.raises(ValueError):
+        client.open_raw("GET", "/api/tags", headers=headers)
+    assert recorder.sent == []
+    client.close()
+
+
+def test_a_get_sends_only_what_it_is_given():
+    pool = transport.Pool("http://user:secret@ollama.lan:11434/base")
+    head = pool.head("GET", "/base/api/tags", None, {"Accept": "*/*", "Accept-Encoding": "gzip"})
+    assert head == b"GET /base/api/tags HTTP/1.1\r\nHost: ollama.lan:11434\r\nAccept: */*\r\n" \
+                   b"Accept-Encoding: gzip\r\n\r\n"  # no credentials in Host, no second Accept-Encoding
+    for target in ("/a b", "/a\x00", "api/tags"):
+        with pytest.raises(ValueError):
+            pool.head("GET", target, None, {})

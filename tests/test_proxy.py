@@ -186,6 +186,19 @@ def test_credentials_cookies_and_hop_by_hop_headers_never_reach_ollama(client, a
     assert "Set-Cookie" not in response.headers
 
 
+@pytest.mark.parametrize("value", ["a\x00b", "a\x01b", "tab\tis fine\x7f", "\u20ac"])
+def test_a_forwarded_header_that_cannot_be_sent_as_it_is_is_400_and_never_forwarded(client, auth, fake_ollama, value):
+    response = client.get("/ollama/api/tags", headers={**auth.headers(), "User-Agent": value})
+    assert response.status_code == 400 and "User-Agent header" in response.get_json()["error"]
+    assert fake_ollama.counts() == {}
+
+
+def test_a_forwarded_header_past_ascii_goes_as_it_came(client, auth, fake_ollama):
+    assert client.get("/ollama/api/tags", headers={**auth.headers(), "User-Agent": "caf\u00e9"}).status_code == 200
+    (record,) = fake_ollama.requests("/api/tags")
+    assert {name.lower(): value for name, value in record["headers"].items()}["user-agent"] == "caf\u00e9"
+
+
 def test_the_query_string_is_dropped(client, auth, fake_ollama):
     assert client.get("/ollama/api/tags?limit=1&redirect=http://evil", headers=auth.headers()).status_code == 200
     (record,) = fake_ollama.requests("/api/tags")

@@ -76,23 +76,6 @@ def test_a_client_that_leaves_closes_the_upstream_request():
     assert upstream.closed == 1 and finished == [True]
 
 
-def test_what_has_arrived_leaves_in_one_write_and_a_wait_flushes():
-    arrived = iter([True, True, False, True, False])  # "b" and "c" are there; then "e" with "d"
-
-    def more_arrived():
-        return next(arrived)
-
-    relay = proxy._relay(Client(), (1.0, 1.0), Upstream(), b"",
-                         iter([b"a\n", b"b\n", b"c\n", b"d\n", b"e\n"]), more_arrived)
-    assert list(relay) == [b"a\nb\nc\n", b"d\ne\n"]
-
-
-def test_batches_are_bounded(monkeypatch):
-    monkeypatch.setattr(proxy, "MAX_BATCH_BYTES", 4)
-    relay = proxy._relay(Client(), (1.0, 1.0), Upstream(), b"", iter([b"a\n"] * 5), lambda: True)
-    assert list(relay) == [b"a\na\n", b"a\na\n", b"a\n"]
-
-
 def _no_read_after_the_end(chunks):
     """Chunks, then a read that fails the test: a relay that knows the length must not ask for more."""
     yield from chunks
@@ -100,9 +83,7 @@ def _no_read_after_the_end(chunks):
 
 
 def test_a_body_of_known_length_ends_without_another_read():
-    for more_arrived in (None, lambda: False):
-        upstream = Upstream()
-        relay = proxy._relay(Client(), (1.0, 1.0), upstream, b"ab", _no_read_after_the_end([b"cd", b"ef"]),
-                             more_arrived, length=6)
-        assert b"".join(relay) == b"abcdef" and upstream.closed == 1
+    upstream = Upstream()
+    relay = proxy._relay(Client(), (1.0, 1.0), upstream, b"ab", _no_read_after_the_end([b"cd", b"ef"]), length=6)
+    assert b"".join(relay) == b"abcdef" and upstream.closed == 1
 
