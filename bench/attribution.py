@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     time.sleep(0.5)
     scenario = eight_gpus_fifty_processes()
     procs = list(scenario.processes)
+    # The scenario's made-up PIDs (10000-10749) can be a runner's real one on a busy machine: move
+    # those out of the way, or a runner would be listed twice and counted as 9 attributed.
+    real = {proc.pid for proc in runners}
+    spare = (pid for pid in range(900_000, 1_000_000) if pid not in real)
+    procs = [dataclasses.replace(p, pid=next(spare)) if p.pid in real else p for p in procs]
     for gpu, proc in enumerate(runners):
         procs[gpu * 50] = dataclasses.replace(procs[gpu * 50], pid=proc.pid)
     fake.apply(dataclasses.replace(scenario, processes=tuple(procs)))
@@ -71,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     plain = VramPoller(reader, 2.0)
     attributed = VramPoller(reader, 2.0, annotate=Attributor(names.get))
     try:
-        assert sum(p["model"] is not None for p in attributed.tick().body["processes"]) == 8
+        seen = {p["pid"]: p["model"] for p in attributed.tick().body["processes"] if p["model"] is not None}
+        expected = {proc.pid for proc in runners}
+        assert set(seen) == expected, f"attributed {seen}, runners {sorted(expected)}"
         results: dict[str, list[float]] = {"without": [], "with": []}
         for _ in range(BLOCKS):
             for label, poller in (("without", plain), ("with", attributed)):
