@@ -358,7 +358,4 @@ def _describe(exc: BaseException) -> str:
             return "connection reset"
         if getattr(cause, "errno", None) in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return "no route to host"
-    for cause in _root_causes(exc):
-        if isinstance(cause, (http.client.RemoteDisconnected, http.client.IncompleteRead)):
-            return "the connection closed before Ollama answered"
     return str(exc)[:200] or type(exc).__name__
