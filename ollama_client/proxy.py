@@ -25,7 +25,7 @@ from auth.credentials import current_principal
 from auth.permissions import INFER, require
 from errors import ApiError, BadRequestError, OllamaTimeoutError, OllamaUnavailableError, PayloadTooLargeError
 from ollama_client.client import iter_body
-from ollama_client.transport import sendable_field_value
+from ollama_client.transport import UnsendableHeader
 from ollama_client.proxy_paths import PREFIX, Refusal, allowed_methods, resolve, usage_endpoint
 import services as services_module
 from usage.log import Usage
@@ -104,15 +104,14 @@ def _forward() -> Response:
     environ = request.environ
     headers = {name: value for name, value in
                ((name, environ.get(_ENVIRON_KEYS[name])) for name in names) if value is not None}
-    if not sendable_field_value("".join(headers.values())):
-        bad = next(name for name, value in headers.items() if not sendable_field_value(value))
-        raise BadRequestError(f"the {bad} header holds a control character; it cannot be forwarded")
     # Ask for the bytes as they are: nothing to decode, nothing to re-encode, no buffering.
     headers["Accept-Encoding"] = "identity"
     timeout = (config.proxy_timeout_s, config.proxy_timeout_s)
     try:
         upstream = client.open_raw(route.method, route.upstream_path, body=body, headers=headers,
                                    timeout=timeout)
+    except UnsendableHeader as exc:  # checked by the transport before anything is sent
+        raise BadRequestError(f"the {exc.name} header holds a control character; it cannot be forwarded") from None
     except OllamaUnavailableError as exc:
         if reader is not None and reader.too_large:
             raise reader.error() from None

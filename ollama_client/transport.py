@@ -43,9 +43,12 @@ _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection
 _EXPECTING_BODY = frozenset({"POST", "PUT", "PATCH"})  # sent "Content-Length: 0" when bodiless
 
 
-def sendable_field_value(value: str) -> bool:
-    """Whether `value` can go in a request header as it is (no control characters, latin-1)."""
-    return not _BAD_FIELD_VALUE.search(value)
+class UnsendableHeader(ValueError):
+    """A request header whose name or value cannot go on the wire as it is; `name` says which."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"invalid header field {name!r}")
+        self.name = name
 
 
 class ConnectError(OSError):
@@ -116,7 +119,7 @@ class Pool:
 
         A bytes body goes with a Content-Length, in the same send as the head; an iterable body is
         sent chunked as it is produced. Raises ValueError for a method, target or header that cannot
-        be sent as it is (before anything is sent), ConnectError / ConnectTimeout when no connection
+        be sent as it is (UnsendableHeader for a header; before anything is sent), ConnectError / ConnectTimeout when no connection
         opens, OSError (TimeoutError on silence) or http.client.HTTPException after that; whatever
         is raised, the connection is closed, never reused.
         """
@@ -153,7 +156,7 @@ class Pool:
         encoding_given = False
         for name, value in headers.items():
             if not _FIELD_NAME.fullmatch(name) or _BAD_FIELD_VALUE.search(value):
-                raise ValueError(f"invalid header field {name!r}")
+                raise UnsendableHeader(name)
             lowered = name.lower()
             if lowered in _FRAMING:
                 raise ValueError(f"{name} is set by the transport, not the caller")

@@ -554,6 +554,15 @@ def test_a_header_that_would_change_the_framing_never_reaches_the_wire(client, h
     client.close()
 
 
+def test_a_header_that_cannot_be_sent_is_named():
+    pool = transport.Pool("http://127.0.0.1:1")
+    with pytest.raises(transport.UnsendableHeader) as raised:
+        pool.request("GET", "/api/tags", body=None, headers={"Accept": "*/*", "User-Agent": "a\x00"},
+                     timeout=(1, 1))
+    assert raised.value.name == "User-Agent"
+    assert pool.num_connections == 0  # refused before connecting
+
+
 def test_a_get_sends_only_what_it_is_given():
     pool = transport.Pool("http://user:secret@ollama.lan:11434/base")
     head = pool.head("GET", "/base/api/tags", None, {"Accept": "*/*", "Accept-Encoding": "gzip"})
