@@ -6,6 +6,7 @@
     python -m bench --only metrics       /metrics ÷ /health req/s, 8 GPUs × 50 processes (~40 s)
     python -m bench --only fleet         fan-out through Redis, 2 processes × 500 clients (~1.5 minutes)
     python -m bench --only idle          idle CPU and RSS, alert rules firing (~1 minute)
+    python -m bench --only proxy --merge rerun some sections into bench/out/results.json, then BENCHMARKS.md
     python -m bench --report             re-render BENCHMARKS.md from bench/out/results.json
 
 All load stays on 127.0.0.1, every step is bounded in count and time, and every process the run
@@ -33,8 +34,15 @@ COMMAND = "bench/run.sh"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: replace those sections in bench/out/results.json and re-render "
+                             "BENCHMARKS.md, which names the rerun sections and when they ran")
     parser.add_argument("--report", action="store_true", help="only re-render BENCHMARKS.md")
     args = parser.parse_args(argv)
+    if args.merge and not args.only:
+        parser.error("--merge replaces the sections named by --only")
+    if args.merge and not RESULTS.exists():
+        parser.error(f"--merge needs a full run's {RESULTS.relative_to(REPO)} to merge into")
     from bench import report
 
     if args.report:
@@ -92,16 +100,39 @@ def main(argv: list[str] | None = None) -> int:
     results["seconds"] = time.time() - started
     results["machine"]["loadavg_end"] = os.getloadavg()
     OUT.mkdir(parents=True, exist_ok=True)
-    target = RESULTS if only == set(SECTIONS) else OUT / "results-partial.json"
-    target.write_text(json.dumps(results, indent=1, default=str))
+    full = only == set(SECTIONS)
+    target = RESULTS if full or args.merge else OUT / "results-partial.json"
+    written = merge(json.loads(RESULTS.read_text()), results, only) if args.merge and not full else results
+    target.write_text(json.dumps(written, indent=1, default=str))
     log(f"figures in {target.relative_to(REPO)} ({results['seconds']:.0f} s)")
-    if only == set(SECTIONS):
-        report.write(results, REPO / "BENCHMARKS.md")
+    if full or args.merge:
+        report.write(written, REPO / "BENCHMARKS.md")
         log("BENCHMARKS.md rewritten")
     shutil.rmtree(workdir, ignore_errors=True)
     for name, error in results["errors"].items():
         print(f"--- {name} failed ---\n{error}", file=sys.stderr)
     return 1 if results["errors"] else 0
+
+
+def merge(whole: dict, rerun: dict, sections: set[str]) -> dict:
+    """Return `whole` (a full run's figures) with `sections` replaced by those of `rerun`.
+
+    A section's figures, its error and its duration are replaced together; `reruns` records when
+    each replaced section ran, so that the report says which figures come from a later run.
+    """
+    merged = dict(whole, errors=dict(whole.get("errors", {})), durations_s=dict(whole.get("durations_s", {})),
+                  reruns=dict(whole.get("reruns", {})))
+    for name in sections:
+        merged.pop(name, None)
+        merged["errors"].pop(name, None)
+        if name in rerun:
+            merged[name] = rerun[name]
+        if name in rerun.get("errors", {}):
+            merged["errors"][name] = rerun["errors"][name]
+        if name in rerun.get("durations_s", {}):
+            merged["durations_s"][name] = rerun["durations_s"][name]
+        merged["reruns"][name] = rerun["started"]
+    return merged
 
 
 def run_fanout(fakes, workdir):
