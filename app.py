@@ -221,6 +221,7 @@ def _serve(config: Config, app: Flask, services: Services, lifecycle: server.Lif
                     "(raise LimitNOFILE / ulimit -n)", max_connections, config.max_connections, fd_limit)
     # The first NVML reading is taken in the background: the port is open even if the driver hangs.
     services.start_background_tasks()
+    server.release_startup_memory()
     lifecycle.run(listener, app, on_stop=services.begin_shutdown,
                   log_output=config.log_level == "DEBUG", max_connections=max_connections,
                   refusal_headers=security.SECURITY_HEADERS, limits=server.ConnectionLimits(

