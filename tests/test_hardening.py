@@ -432,7 +432,6 @@ TRIM_SCRIPT = """
 import server
 def rss_kb():
     return int([line.split()[1] for line in open("/proc/self/status") if line.startswith("VmRSS")][0])
-kept = []
 pieces = [bytes(4000) + bytes([i % 256]) for i in range(5000)]  # ~20 MB from malloc, not pymalloc
 kept = pieces[::10]  # every tenth stays: the freed chunks lie between live ones, not at the heap's top
 del pieces
